@@ -1,0 +1,157 @@
+"""The ``shearing`` Composer algorithm: targeted structured pruning during training.
+
+``apply_shearing`` is the functional form (masks in, parameter groups added); ``Shearing`` only decides
+*when*: attach at INIT, add the Lagrangian to every microbatch loss, clamp and log after each batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from composer.core import Algorithm, Event, State, Time, TimeUnit
+from composer.loggers import Logger
+from transformers import PreTrainedModel
+
+from llmshearing.pruning.l0_module import L0Module
+from llmshearing.pruning.llama_layout import attach_masks
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PRUNING_MODULES = ('layer', 'head', 'intermediate', 'hidden')
+
+
+def _add_param_group(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], lr: float) -> None:
+    group: dict[str, Any] = {'params': params, 'lr': lr, 'weight_decay': 0.0}
+    if any('initial_lr' in existing for existing in optimizer.param_groups):
+        group['initial_lr'] = lr  # Composer's decoupled optimizers scale weight decay by lr / initial_lr.
+    optimizer.add_param_group(group)
+
+
+def apply_shearing(
+    model: PreTrainedModel,
+    optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
+    target: Mapping[str, int] | None = None,
+    pruning_modules: Sequence[str] = DEFAULT_PRUNING_MODULES,
+    target_sparsity: float | None = None,
+    lag_lr: float = 1.0,
+    droprate_init: float = 0.5,
+    eval_target_shape: bool = True,
+) -> L0Module:
+    """Attach L0 masks to ``model`` and give the optimizer their logits and multipliers at ``lag_lr``.
+
+    The multipliers enter the Lagrangian through a gradient reversal, so the same descent step that
+    shrinks the masks' Lagrangian grows it in the multipliers (gradient ascent).
+    """
+    l0_module = attach_masks(model, target, pruning_modules, target_sparsity, droprate_init, eval_target_shape)
+    if optimizers is not None:
+        optimizer = optimizers if isinstance(optimizers, torch.optim.Optimizer) else optimizers[0]
+        _add_param_group(optimizer, list(l0_module.masks.parameters()), lag_lr)
+        _add_param_group(optimizer, list(l0_module.lambdas.parameters()), lag_lr)
+    return l0_module
+
+
+class Shearing(Algorithm):
+    """Learn which layers, heads, MLP channels and hidden dimensions to keep, jointly with the weights.
+
+    Args:
+        target: the target shape in HF config names (missing fields keep the source's size).
+        pruning_modules: mask kinds among ``layer``, ``head``, ``kv_head``, ``intermediate``, ``hidden``.
+        target_sparsity: instead of ``target``, the fraction of non-embedding parameters to remove.
+        lagrangian_warmup: time over which the target sparsity rises linearly from 0 (e.g. ``'640ba'``).
+        lag_lr: learning rate of the mask logits and the Lagrange multipliers.
+        droprate_init: initial drop probability of every gate.
+        eval_target_shape: evaluate with the deterministic masks of the target shape (else of the shape the
+            masks keep in expectation at that point).
+    """
+
+    def __init__(
+        self,
+        target: Mapping[str, int] | None = None,
+        pruning_modules: Sequence[str] = DEFAULT_PRUNING_MODULES,
+        target_sparsity: float | None = None,
+        lagrangian_warmup: str | Time = '0ba',
+        lag_lr: float = 1.0,
+        droprate_init: float = 0.5,
+        eval_target_shape: bool = True,
+    ):
+        self.target = dict(target) if target is not None else None
+        self.pruning_modules = list(pruning_modules)
+        self.target_sparsity = target_sparsity
+        try:
+            self.lagrangian_warmup = Time.from_input(lagrangian_warmup, TimeUnit.BATCH)
+        except (ValueError, TypeError) as error:
+            raise ValueError(f'algorithms.shearing.lagrangian_warmup: {error}') from error
+        if lag_lr <= 0:
+            raise ValueError(f'algorithms.shearing.lag_lr must be positive, got {lag_lr}')
+        self.lag_lr = lag_lr
+        self.droprate_init = droprate_init
+        self.eval_target_shape = eval_target_shape
+        self.l0_module: L0Module | None = None
+
+    def match(self, event: Event, state: State) -> bool:
+        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END)
+
+    def apply(self, event: Event, state: State, logger: Logger) -> None:
+        if event == Event.INIT:
+            self._check_parallelism(state)
+            self.l0_module = apply_shearing(
+                state.model.model,
+                state.optimizers,
+                self.target,
+                self.pruning_modules,
+                self.target_sparsity,
+                self.lag_lr,
+                self.droprate_init,
+                self.eval_target_shape,
+            )
+            log.info('Pruning %s to %s', self.l0_module.source, self.l0_module.final_shape())
+        elif event == Event.AFTER_LOSS:
+            lagrangian = self.l0_module.lagrangian(self.warmup_progress(state))
+            language_model_loss = state.loss['total'] if isinstance(state.loss, dict) else state.loss
+            state.loss = {'total': language_model_loss + lagrangian, 'lm': language_model_loss, 'lagrangian': lagrangian}
+        elif event == Event.BATCH_END:
+            self.l0_module.constrain_parameters()
+            logger.log_metrics(self.metrics(state))
+
+    def warmup_progress(self, state: State) -> float:
+        """How far the target sparsity has warmed up, from 0 to 1."""
+        if self.lagrangian_warmup.value == 0:
+            return 1.0
+        if self.lagrangian_warmup.unit == TimeUnit.DURATION:
+            elapsed = state.get_elapsed_duration()
+            return 1.0 if elapsed is None else elapsed.value / self.lagrangian_warmup.value
+        return state.timestamp.get(self.lagrangian_warmup.unit).value / self.lagrangian_warmup.value
+
+    @torch.no_grad()
+    def metrics(self, state: State) -> dict[str, float]:
+        """Expected and target sparsity per constraint, expected parameters, multipliers, Lagrangian."""
+        l0_module = self.l0_module
+        progress = self.warmup_progress(state)
+        metrics = {
+            'shearing/expected_num_params': l0_module.expected_num_params().item(),
+            'shearing/lagrangian': l0_module.lagrangian(progress).item(),
+        }
+        for name, sparsity in l0_module.expected_sparsities().items():
+            metrics[f'shearing/expected_sparsity/{name}'] = sparsity.item()
+        for name, sparsity in l0_module.target_sparsities(progress).items():
+            metrics[f'shearing/target_sparsity/{name}'] = sparsity
+        for name, lambdas in l0_module.lambdas.items():
+            metrics[f'shearing/lambda_1/{name}'] = lambdas[0].item()
+            metrics[f'shearing/lambda_2/{name}'] = lambdas[1].item()
+        return metrics
+
+    @staticmethod
+    def _check_parallelism(state: State) -> None:
+        fsdp = state.fsdp_config
+        if fsdp is None:
+            return
+        if not getattr(fsdp, 'use_orig_params', True):
+            raise ValueError('fsdp_config.use_orig_params must be true: the masks are a separate parameter group')
+        if getattr(fsdp, 'activation_checkpointing', False) and getattr(fsdp, 'activation_checkpointing_reentrant', False):
+            raise ValueError(
+                'fsdp_config.activation_checkpointing_reentrant must be false: reentrant checkpointing drops the '
+                'gradients of the masks, which enter each layer from outside',
+            )

@@ -1,0 +1,108 @@
+"""Hard-concrete (L0) gates (Louizos et al., 2018): pure tensor code.
+
+A gate with parameter ``log_alpha`` draws ``z = clamp(sigmoid((logit(u) + log_alpha) / T) * (r - l) + l, 0, 1)``
+with ``u ~ U(0, 1)``, stretched to ``(l, r) = (-0.1, 1.1)`` and temperature ``T = 2/3``, so that exact zeros
+and ones have non-zero probability while ``log_alpha`` still receives gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+LIMIT_LEFT = -0.1
+LIMIT_RIGHT = 1.1
+TEMPERATURE = 2.0 / 3.0
+EPSILON = 1e-6
+LOG_ALPHA_MIN = math.log(1e-2)
+LOG_ALPHA_MAX = math.log(1e2)
+# Sharpens the deterministic score so that kept gates carry scales close to (but not only) 0 or 1.
+DETERMINISTIC_SHARPNESS = 0.8
+
+
+def sample_hard_concrete(log_alpha: torch.Tensor) -> torch.Tensor:
+    """One differentiable sample of the gates, with values in [0, 1] and exact zeros."""
+    u = torch.empty_like(log_alpha).uniform_(EPSILON, 1.0 - EPSILON)
+    soft = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
+    return (soft * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
+
+
+def keep_probability(log_alpha: torch.Tensor) -> torch.Tensor:
+    """P(z > 0) for each gate: differentiable in ``log_alpha``."""
+    return torch.sigmoid(log_alpha - TEMPERATURE * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
+
+
+def deterministic_gates(log_alpha: torch.Tensor, num_kept: int) -> torch.Tensor:
+    """Keep the ``num_kept`` highest-scoring gates along the last dimension, zero the rest.
+
+    Kept gates carry their score ``sigmoid(0.8 * log_alpha / T)``, a real value in (0, 1), which is what
+    the masked model computes with and what physical pruning folds into the weights.
+    """
+    score = torch.sigmoid(log_alpha / TEMPERATURE * DETERMINISTIC_SHARPNESS)
+    kept_index = score.topk(num_kept, dim=-1).indices
+    keep = torch.zeros_like(score).scatter_(-1, kept_index, 1.0)
+    return score * keep
+
+
+def init_log_alpha(shape: tuple[int, ...], droprate_init: float) -> torch.Tensor:
+    """Initial ``log_alpha``: ``log((1 - p) / p)`` plus a little noise to break ties."""
+    mean = math.log(1.0 - droprate_init) - math.log(droprate_init)
+    return torch.empty(shape).normal_(mean, 1e-2)
+
+
+class HardConcreteMask(nn.Module):
+    """A tensor of hard-concrete gates whose last dimension is one group.
+
+    ``num_kept`` gates survive in every group: e.g. shape ``(layers, heads)`` with ``num_kept = 20``
+    keeps 20 heads in every layer. ``num_kept=None`` (an overall-sparsity target) keeps, in every group,
+    the number of gates that the group keeps in expectation.
+    """
+
+    def __init__(self, shape: tuple[int, ...], num_kept: int | None, droprate_init: float = 0.5):
+        super().__init__()
+        if not 0.0 < droprate_init < 1.0:
+            raise ValueError(f'droprate_init must be in (0, 1), got {droprate_init}')
+        self.shape = tuple(shape)
+        self.num_kept = num_kept
+        self.droprate_init = droprate_init
+        self.log_alpha = nn.Parameter(init_log_alpha(self.shape, droprate_init))
+
+    @property
+    def group_size(self) -> int:
+        return self.shape[-1]
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.log_alpha.copy_(init_log_alpha(self.shape, self.droprate_init))
+
+    def sample(self) -> torch.Tensor:
+        return sample_hard_concrete(self.log_alpha)
+
+    def keep_probability(self) -> torch.Tensor:
+        return keep_probability(self.log_alpha)
+
+    def expected_sparsity(self) -> torch.Tensor:
+        """The expected fraction of gates that are zero: differentiable."""
+        return 1.0 - self.keep_probability().mean()
+
+    def expected_num_kept(self) -> int:
+        """Gates a group keeps in expectation, rounded, at least one."""
+        mean_kept = self.keep_probability().detach().sum(-1).mean().item()
+        return max(1, min(self.group_size, round(mean_kept)))
+
+    def final_num_kept(self) -> int:
+        """Gates a group keeps once the masks are made hard."""
+        return self.num_kept if self.num_kept is not None else self.expected_num_kept()
+
+    def deterministic(self, num_kept: int | None = None) -> torch.Tensor:
+        """The top gates (``num_kept`` of them, by default the final count) with their real-valued scales."""
+        return deterministic_gates(self.log_alpha, num_kept or self.final_num_kept())
+
+    @torch.no_grad()
+    def constrain_parameters(self) -> None:
+        self.log_alpha.clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+    def extra_repr(self) -> str:
+        return f'shape={self.shape}, num_kept={self.num_kept}'

@@ -1,0 +1,32 @@
+"""llm-shearing: Sheared-LLaMA as a plugin for MosaicML Composer and LLM-Foundry."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name='llm-shearing',
+    version='0.1.0',
+    description='Targeted structured pruning and dynamic batch loading (Sheared-LLaMA) for Composer and LLM-Foundry',
+    long_description=open('README.md', encoding='utf-8').read(),
+    long_description_content_type='text/markdown',
+    packages=find_packages(include=['llmshearing', 'llmshearing.*']),
+    python_requires='>=3.10',
+    install_requires=[
+        'torch==2.7.0',
+        'mosaicml==0.32.1',
+        'llm-foundry==0.22.0',
+        'mosaicml-streaming>=0.12,<0.13',
+        'transformers>=4.51,<4.52',
+        'omegaconf',
+        'safetensors',
+        'sentencepiece',
+        'tqdm',
+    ],
+    extras_require={
+        'dev': ['pytest'],
+        'gpu': ['flash-attn'],
+    },
+    entry_points={
+        'console_scripts': ['llmshearing = llmshearing.cli:main'],
+        'llmfoundry_algorithms': ['shearing = llmshearing.pruning.algorithm:Shearing'],
+    },
+)

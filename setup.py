@@ -20,6 +20,7 @@ setup(
         'safetensors',
         'sentencepiece',
         'tqdm',
+        'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={
         'dev': ['pytest'],

@@ -1,0 +1,1 @@
+"""Multi-domain data: preparation into MDS shards, the dynamic-proportion dataset, its dataloader."""

@@ -91,6 +91,27 @@ class Shearing(Algorithm):
         self.eval_target_shape = eval_target_shape
         self.l0_module: L0Module | None = None
 
+    def mask_config(self) -> dict[str, Any]:
+        """What shapes the masks: saved in checkpoints, where ``llmshearing export`` reads it back."""
+        return {
+            'target': self.target,
+            'pruning_modules': self.pruning_modules,
+            'target_sparsity': self.target_sparsity,
+            'droprate_init': self.droprate_init,
+            'eval_target_shape': self.eval_target_shape,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return super().state_dict() | {'mask_config': self.mask_config()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get('mask_config', {})
+        for key in ('target', 'pruning_modules', 'target_sparsity'):
+            if key in saved and saved[key] != self.mask_config()[key]:
+                raise ValueError(
+                    f'algorithms.shearing.{key}={self.mask_config()[key]!r} differs from the checkpoint\'s {saved[key]!r}',
+                )
+
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END)
 

@@ -70,6 +70,12 @@ def _validate_target(source: ModelShape, target: ModelShape, pruning_modules: Se
             f'target num_key_value_heads={target.num_key_value_heads} differs from num_attention_heads='
             f'{target.num_attention_heads}: a multi-head-attention source is pruned by whole heads',
         )
+    if target.num_query_groups > source.num_query_groups:
+        raise ValueError(
+            f'target num_attention_heads={target.num_attention_heads} with num_key_value_heads='
+            f'{target.num_key_value_heads} needs {target.num_query_groups} query heads per key/value head; '
+            f'the source has {source.num_query_groups}',
+        )
     moved = {
         'num_hidden_layers': target.num_hidden_layers != source.num_hidden_layers,
         'hidden_size': target.hidden_size != source.hidden_size,

@@ -33,8 +33,10 @@ class _CurrentMasks:
 class MaskedRMSNorm(nn.Module):
     """RMSNorm over the hidden dimensions the hidden mask keeps, times the mask.
 
-    It computes what the pruned model's RMSNorm computes on the kept dimensions; its ``weight`` is the
-    replaced norm's own parameter.
+    It computes what the pruned model's RMSNorm computes on the kept dimensions. The residual stream is
+    exactly zero outside them (the embeddings and every residual branch are multiplied by the mask), so
+    the sum of squares over all dimensions is the sum over the kept ones. ``weight`` is the replaced
+    norm's own parameter.
     """
 
     def __init__(self, norm: nn.Module, current: _CurrentMasks):
@@ -47,10 +49,9 @@ class MaskedRMSNorm(nn.Module):
         hidden_mask = self._current.masks.hidden  # (hidden,)
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
-        kept = (hidden_mask != 0).to(torch.float32)
-        variance = (hidden_states.pow(2) * kept).sum(-1, keepdim=True) / kept.sum().clamp_min(1.0)
+        variance = hidden_states.pow(2).sum(-1, keepdim=True) / (hidden_mask != 0).sum()
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
-        return self.weight * hidden_states.to(input_dtype) * hidden_mask.to(input_dtype)
+        return (self.weight * hidden_mask.to(input_dtype)) * hidden_states.to(input_dtype)
 
 
 def _check_layout(model: PreTrainedModel) -> None:
@@ -240,6 +241,7 @@ def pruned_config(model: PreTrainedModel, shape: ModelShape):
     config = copy.deepcopy(model.config)
     for name, value in shape.config_updates().items():
         setattr(config, name, value)
+    config.use_cache = True
     if getattr(config, 'max_window_layers', None) is not None:
         config.max_window_layers = min(config.max_window_layers, shape.num_hidden_layers)
     return config
@@ -259,5 +261,6 @@ def prune_model(model: PreTrainedModel, dtype: torch.dtype | None = None) -> Pre
     state = pruned_state_dict(model, l0_module)
     with no_init_weights():
         pruned = type(model)(config)
+    pruned.tie_weights()
     pruned.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True)
     return pruned.to(dtype).eval()

@@ -52,6 +52,12 @@ class ModelShape:
             mlp_bias=bool(getattr(config, 'mlp_bias', False)),
         )
 
+    def __str__(self) -> str:
+        return (
+            f'hidden {self.hidden_size}, heads {self.num_attention_heads} (kv {self.num_key_value_heads}) x '
+            f'{self.head_dim}, intermediate {self.intermediate_size}, layers {self.num_hidden_layers}'
+        )
+
     @property
     def num_query_groups(self) -> int:
         """Query heads per key/value head (1 for multi-head attention)."""

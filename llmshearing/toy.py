@@ -31,6 +31,7 @@ def byte_level_tokenizer() -> PreTrainedTokenizerFast:
         eos_token='</s>',
         pad_token='</s>',
         model_max_length=1 << 20,
+        model_input_names=['input_ids', 'attention_mask'],
     )
 
 

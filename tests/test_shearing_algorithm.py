@@ -1,0 +1,117 @@
+"""The ``shearing`` Composer algorithm inside a real Trainer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from composer import Trainer
+from composer.core import Event
+from composer.models import HuggingFaceModel
+from conftest import VOCAB_SIZE, tiny_gqa_llama
+from torch.utils.data import DataLoader
+
+from llmshearing.pruning import Shearing
+from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
+
+TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}
+MODULES = ['head', 'intermediate', 'hidden']
+
+
+def _batches(num_samples: int) -> DataLoader:
+    input_ids = torch.randint(0, VOCAB_SIZE, (num_samples, 16))
+    samples = [{'input_ids': ids, 'labels': ids.clone()} for ids in input_ids]
+    return DataLoader(samples, batch_size=4)
+
+
+def _trainer(algorithm: Shearing, microbatch_size: int, lr: float = 0.0, **kwargs) -> Trainer:
+    torch.manual_seed(0)
+    model = HuggingFaceModel(tiny_gqa_llama(), use_logits=True)
+    return Trainer(
+        model=model,
+        train_dataloader=_batches(4),
+        optimizers=torch.optim.SGD(model.parameters(), lr=lr),
+        max_duration='1ba',
+        algorithms=[algorithm],
+        device_train_microbatch_size=microbatch_size,
+        seed=0,
+        progress_bar=False,
+        log_to_console=False,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize('microbatch_size', [4, 2, 1])
+def test_lagrangian_counts_once_per_batch_under_gradient_accumulation(microbatch_size):
+    """With plain SGD a lambda moves by exactly lag_lr * gap after one batch, however it is split."""
+    algorithm = Shearing(TARGET, MODULES, lagrangian_warmup='0ba', lag_lr=0.5)
+    trainer = _trainer(algorithm, microbatch_size)
+    l0_module = algorithm.l0_module
+    gaps = {name: (l0_module.expected_sparsities()[name] - l0_module.target_sparsities(1.0)[name]).item() for name in MODULES}
+    trainer.fit()
+    for name in MODULES:
+        lambda_1, lambda_2 = l0_module.lambdas[name].tolist()
+        assert lambda_1 == pytest.approx(0.5 * gaps[name], rel=1e-5)
+        assert lambda_2 == pytest.approx(0.5 * gaps[name] ** 2, rel=1e-5)
+
+
+def test_masks_join_the_optimizer_and_the_checkpointed_model():
+    algorithm = Shearing(TARGET, MODULES, lag_lr=0.25)
+    trainer = _trainer(algorithm, 4, lr=1e-3)
+    optimizer = trainer.state.optimizers[0]
+    mask_group, lambda_group = optimizer.param_groups[-2:]
+    assert mask_group['lr'] == lambda_group['lr'] == 0.25
+    assert mask_group['weight_decay'] == lambda_group['weight_decay'] == 0.0
+    assert {id(p) for p in mask_group['params']} == {id(p) for p in algorithm.l0_module.masks.parameters()}
+    model_state = trainer.state.model.state_dict()
+    assert 'model.l0_module.masks.hidden.log_alpha' in model_state
+    assert 'model.l0_module.lambdas.head' in model_state
+
+
+def test_log_alpha_is_clamped_after_each_batch_and_metrics_are_logged():
+    algorithm = Shearing(TARGET, MODULES, lag_lr=100.0, lagrangian_warmup='4ba')
+    trainer = _trainer(algorithm, 4)
+    logged = {}
+    trainer.logger.log_metrics = lambda metrics, step=None: logged.update(metrics)
+    trainer.fit()
+    for mask in algorithm.l0_module.masks.values():
+        assert mask.log_alpha.max().item() <= LOG_ALPHA_MAX + 1e-6
+    for name in MODULES:
+        for metric in ('expected_sparsity', 'target_sparsity', 'lambda_1', 'lambda_2'):
+            assert f'shearing/{metric}/{name}' in logged
+    assert logged['shearing/target_sparsity/hidden'] == pytest.approx(0.25 * (1 - 24 / 32))
+    assert 'shearing/expected_num_params' in logged and 'shearing/lagrangian' in logged
+
+
+def test_loss_is_split_into_language_model_and_lagrangian():
+    algorithm = Shearing(TARGET, MODULES)
+    trainer = _trainer(algorithm, 4)
+    seen = {}
+    original_apply = algorithm.apply
+
+    def recording_apply(event, state, logger):
+        original_apply(event, state, logger)
+        if event == Event.AFTER_LOSS:
+            seen.update({name: value.detach().clone() for name, value in state.loss.items()})
+
+    algorithm.apply = recording_apply
+    trainer.fit()
+    assert torch.allclose(seen['total'], seen['lm'] + seen['lagrangian'])
+
+
+@pytest.mark.parametrize(
+    ('kwargs', 'message'),
+    [
+        ({'lag_lr': 0.0}, 'algorithms.shearing.lag_lr must be positive, got 0.0'),
+        ({'lagrangian_warmup': 'soon'}, 'algorithms.shearing.lagrangian_warmup'),
+    ],
+)
+def test_bad_algorithm_settings(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        Shearing(TARGET, MODULES, **kwargs)
+
+
+def test_resuming_with_another_target_is_an_error():
+    saved = Shearing(TARGET, MODULES).state_dict()
+    with pytest.raises(ValueError, match=r"algorithms.shearing.target=\{'hidden_size': 16\} differs from the checkpoint's"):
+        Shearing({'hidden_size': 16}, MODULES).load_state_dict(saved)
+    Shearing(TARGET, MODULES).load_state_dict(saved)

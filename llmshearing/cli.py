@@ -9,6 +9,7 @@ import sys
 
 COMMAND_MODULES = (
     'llmshearing.pruning.export',
+    'llmshearing.demo',
 )
 
 

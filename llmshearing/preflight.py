@@ -1,0 +1,100 @@
+"""Checks a training config before anything heavy is built, so that a wrong setting fails in seconds
+with a message naming its key instead of after the model has loaded or mid-run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from llmfoundry.command_utils import TRAIN_CONFIG_KEYS, TrainConfig
+from llmfoundry.utils.config_utils import make_dataclass_and_log_config
+from omegaconf import DictConfig
+from omegaconf import OmegaConf as om
+from transformers import AutoConfig, AutoTokenizer
+
+from llmshearing.pruning.l0_module import L0Module
+from llmshearing.pruning.shape import ModelShape
+
+
+def load_train_config(yaml_path: str | Path, overrides: list[str]) -> DictConfig:
+    """The YAML with ``key=value`` overrides merged in, as llm-foundry's ``train_from_yaml`` reads it."""
+    yaml_path = Path(yaml_path)
+    if not yaml_path.is_file():
+        raise FileNotFoundError(f'config {yaml_path} does not exist')
+    om.clear_resolver('oc.env')
+    config = om.load(yaml_path)
+    if overrides:
+        config = om.merge(config, om.from_cli(overrides))
+    return config
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith(('/', './', '../', '~')) or Path(name).exists()
+
+
+def _require_path(key: str, value: Any) -> None:
+    if isinstance(value, str) and _looks_local(value) and not Path(value).expanduser().exists():
+        raise FileNotFoundError(f'{key}: {value} does not exist')
+
+
+def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
+    model_path = train_config.model.get('pretrained_model_name_or_path')
+    tokenizer_name = train_config.tokenizer.get('name')
+    _require_path('model.pretrained_model_name_or_path', model_path)
+    _require_path('tokenizer.name', tokenizer_name)
+    if not (isinstance(model_path, str) and _looks_local(model_path) and isinstance(tokenizer_name, str)):
+        return
+    model_config = AutoConfig.from_pretrained(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **train_config.tokenizer.get('kwargs', {}))
+    if len(tokenizer) > model_config.vocab_size:
+        raise ValueError(
+            f'tokenizer.name: {tokenizer_name} has {len(tokenizer)} tokens, more than the vocabulary of '
+            f'model.pretrained_model_name_or_path ({model_config.vocab_size})',
+        )
+    shearing = (train_config.algorithms or {}).get('shearing')
+    if shearing is not None:
+        try:
+            L0Module(
+                ModelShape.from_config(model_config),
+                shearing.get('pruning_modules', ('layer', 'head', 'intermediate', 'hidden')),
+                shearing.get('target'),
+                shearing.get('target_sparsity'),
+            )
+        except ValueError as error:
+            raise ValueError(f'algorithms.shearing: {error}') from error
+
+
+def _check_data(train_config: TrainConfig) -> None:
+    loaders = {'train_loader': train_config.train_loader}
+    if train_config.eval_loader is not None:
+        loaders['eval_loader'] = train_config.eval_loader
+    for key, loader in loaders.items():
+        dataset = loader.get('dataset', {})
+        if dataset.get('remote') is None:
+            _require_path(f'{key}.dataset.local', dataset.get('local') or './missing-dataset-local')
+
+
+def _check_checkpoints(train_config: TrainConfig) -> None:
+    if train_config.load_path is not None:
+        _require_path('load_path', train_config.load_path)
+    save_folder = train_config.save_folder
+    if save_folder is None or '://' in save_folder:
+        return
+    # With a run_name llm-foundry resumes from a save_folder's checkpoints; without one, Composer would
+    # only find the clash when it first saves, mid-run.
+    resumes = train_config.autoresume or (train_config.run_name is not None and not train_config.save_weights_only)
+    folder = Path(save_folder)
+    if folder.is_dir() and any(folder.iterdir()) and not (train_config.save_overwrite or resumes):
+        raise FileExistsError(
+            f'save_folder: {folder} already holds files; set run_name and autoresume=true to continue that run, '
+            'or save_overwrite=true to replace it',
+        )
+
+
+def check_train_config(config: DictConfig) -> TrainConfig:
+    """Validate keys (llm-foundry's own check), paths, the model/tokenizer pair and the pruning target."""
+    _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
+    _check_model_and_tokenizer(train_config)
+    _check_data(train_config)
+    _check_checkpoints(train_config)
+    return train_config

@@ -1,0 +1,74 @@
+"""A wrong training config fails before training, naming its key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import LlamaForCausalLM
+
+from llmshearing.preflight import check_train_config, load_train_config
+from llmshearing.toy import byte_level_tokenizer, llama_config, save_toy_model, write_token_shards
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
+
+
+@pytest.fixture(scope='module')
+def assets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('preflight')
+    save_toy_model(root / 'source')
+    small_vocab = root / 'small-vocab'
+    LlamaForCausalLM(llama_config(vocab_size=100)).save_pretrained(small_vocab)
+    byte_level_tokenizer().save_pretrained(small_vocab)
+    write_token_shards(root / 'data' / 'train', [[3, 4, 5, 6]])
+    write_token_shards(root / 'data' / 'eval', [[3, 4, 5, 6]])
+    return root
+
+
+def _config(assets: Path, *overrides: str):
+    base = [f'variables.model_path={assets / "source"}', f'variables.data_local={assets / "data"}', f'save_folder={assets / "fresh"}']
+    return load_train_config(TINY_PRUNING, base + list(overrides))
+
+
+def test_the_tiny_recipe_passes(assets):
+    assert check_train_config(_config(assets)).algorithms['shearing']['target']['hidden_size'] == 48
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'error', 'message'),
+    [
+        (['variables.model_path=/nowhere/model'], FileNotFoundError, 'model.pretrained_model_name_or_path: /nowhere/model does not exist'),
+        (['variables.data_local=/nowhere/data'], FileNotFoundError, 'train_loader.dataset.local: /nowhere/data does not exist'),
+        (['load_path=/nowhere/ckpt.pt'], FileNotFoundError, 'load_path: /nowhere/ckpt.pt does not exist'),
+        (['algorithms.shearing.target.hidden_size=128'], ValueError, "algorithms.shearing: target hidden_size=128 is larger than the source model's 64"),
+        (['algorithms.shearing.pruning_modules=[layer]'], ValueError, "algorithms.shearing: target num_attention_heads=2 differs from the source's 4"),
+        (['max_sequence_length=8'], ValueError, 'max_sequence_length'),
+    ],
+)
+def test_bad_settings_name_their_key(assets, overrides, error, message):
+    with pytest.raises(error) as raised:
+        check_train_config(_config(assets, *overrides))
+    assert message in str(raised.value)
+
+
+def test_tokenizer_larger_than_the_model_vocabulary(assets):
+    config = _config(assets, f'variables.model_path={assets / "small-vocab"}', f'tokenizer.name={assets / "source"}')
+    with pytest.raises(ValueError, match=r'tokenizer.name: .* has 259 tokens, more than the vocabulary of model.pretrained_model_name_or_path \(100\)'):
+        check_train_config(config)
+
+
+def test_a_used_save_folder_without_a_run_name(assets, tmp_path):
+    (tmp_path / 'ep0-ba12-rank0.pt').write_bytes(b'')
+    config = _config(assets, f'save_folder={tmp_path}')
+    config.pop('run_name')
+    with pytest.raises(FileExistsError, match=f'save_folder: {tmp_path} already holds files'):
+        check_train_config(config)
+    config.save_overwrite = True
+    check_train_config(config)
+    assert (tmp_path / 'ep0-ba12-rank0.pt').exists()
+
+
+def test_missing_yaml(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f'config {tmp_path / "none.yaml"} does not exist'):
+        load_train_config(tmp_path / 'none.yaml', [])

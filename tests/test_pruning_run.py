@@ -30,7 +30,8 @@ def pruning_run(tmp_path_factory) -> Path:
     command = [
         str(Path(sys.executable).with_name('composer')), '-n', '1', str(REPO / 'train.py'), str(REPO / 'yamls/tiny/pruning.yaml'),
         f'variables.model_path={source}', f'variables.data_local={root / "data"}', f'save_folder={root / "checkpoints"}',
-        'max_duration=16ba', 'eval_interval=8ba',
+        'max_duration=16ba', 'eval_interval=8ba', f'algorithms.shearing.export_dir={root / "pruned"}',
+        'algorithms.shearing.export_dtype=fp32',
     ]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=os.environ | {'PYTHONUNBUFFERED': '1'})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -66,6 +67,16 @@ def test_export_loads_in_transformers_and_matches_the_masked_model(pruning_run, 
     prompt = tokenizer('Shearing', return_tensors='pt')
     generated = pruned.generate(**prompt, max_new_tokens=5, do_sample=False, pad_token_id=tokenizer.eos_token_id)
     assert generated.shape == (1, prompt['input_ids'].shape[1] + 5)
+
+
+def test_the_run_writes_the_pruned_model_when_it_ends(pruning_run, tmp_path):
+    assert cli.main(['export', str(pruning_run / 'checkpoints'), str(tmp_path / 'cli'), '--dtype', 'fp32']) == 0
+    written_at_end = AutoModelForCausalLM.from_pretrained(pruning_run / 'pruned').eval()
+    exported = AutoModelForCausalLM.from_pretrained(tmp_path / 'cli').eval()
+    input_ids = torch.randint(3, 259, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(written_at_end(input_ids).logits, exported(input_ids).logits)
+    assert (pruning_run / 'pruned' / 'tokenizer.json').is_file()
 
 
 def test_export_writes_bf16_by_default(pruning_run, tmp_path):

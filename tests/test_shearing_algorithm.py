@@ -103,11 +103,19 @@ def test_loss_is_split_into_language_model_and_lagrangian():
     [
         ({'lag_lr': 0.0}, 'algorithms.shearing.lag_lr must be positive, got 0.0'),
         ({'lagrangian_warmup': 'soon'}, 'algorithms.shearing.lagrangian_warmup'),
+        ({'export_dtype': 'int8'}, "algorithms.shearing.export_dtype must be one of \\['bf16', 'fp16', 'fp32'\\], got 'int8'"),
     ],
 )
 def test_bad_algorithm_settings(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Shearing(TARGET, MODULES, **kwargs)
+
+
+def test_an_export_dir_holding_files_fails_at_init(tmp_path):
+    (tmp_path / 'config.json').write_text('{}')
+    with pytest.raises(FileExistsError, match=f'algorithms.shearing.export_dir: {tmp_path} already holds files'):
+        _trainer(Shearing(TARGET, MODULES, export_dir=str(tmp_path)), 4)
+    assert (tmp_path / 'config.json').read_text() == '{}'
 
 
 def test_resuming_with_another_target_is_an_error():

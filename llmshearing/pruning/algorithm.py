@@ -6,15 +6,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
 from composer.loggers import Logger
+from composer.utils import dist
+from torch.distributed.fsdp import FullyShardedDataParallel
 from transformers import PreTrainedModel
 
+from llmshearing.pruning.export import DTYPES, write_pruned_model
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.llama_layout import attach_masks
 
@@ -65,6 +70,8 @@ class Shearing(Algorithm):
         droprate_init: initial drop probability of every gate.
         eval_target_shape: evaluate with the deterministic masks of the target shape (else of the shape the
             masks keep in expectation at that point).
+        export_dir: when training ends, write the pruned Hugging Face model (and the tokenizer) here.
+        export_dtype: weight dtype of that model: ``bf16``, ``fp16`` or ``fp32``.
     """
 
     def __init__(
@@ -76,7 +83,11 @@ class Shearing(Algorithm):
         lag_lr: float = 1.0,
         droprate_init: float = 0.5,
         eval_target_shape: bool = True,
+        export_dir: str | None = None,
+        export_dtype: str = 'bf16',
     ):
+        if export_dtype not in DTYPES:
+            raise ValueError(f'algorithms.shearing.export_dtype must be one of {sorted(DTYPES)}, got {export_dtype!r}')
         self.target = dict(target) if target is not None else None
         self.pruning_modules = list(pruning_modules)
         self.target_sparsity = target_sparsity
@@ -89,7 +100,10 @@ class Shearing(Algorithm):
         self.lag_lr = lag_lr
         self.droprate_init = droprate_init
         self.eval_target_shape = eval_target_shape
+        self.export_dir = None if export_dir is None else Path(export_dir)
+        self.export_dtype = export_dtype
         self.l0_module: L0Module | None = None
+        self.hf_model: PreTrainedModel | None = None
 
     def mask_config(self) -> dict[str, Any]:
         """What shapes the masks: saved in checkpoints, where ``llmshearing export`` reads it back."""
@@ -113,13 +127,17 @@ class Shearing(Algorithm):
                 )
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END)
+        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END) or (
+            event == Event.FIT_END and self.export_dir is not None
+        )
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
             self._check_parallelism(state)
+            self._check_export_dir()
+            self.hf_model = state.model.model
             self.l0_module = apply_shearing(
-                state.model.model,
+                self.hf_model,
                 state.optimizers,
                 self.target,
                 self.pruning_modules,
@@ -136,6 +154,27 @@ class Shearing(Algorithm):
         elif event == Event.BATCH_END:
             self.l0_module.constrain_parameters()
             logger.log_metrics(self.metrics(state))
+        elif event == Event.FIT_END:
+            self.export(state)
+
+    def export(self, state: State) -> None:
+        """Write the pruned model to ``export_dir`` (rank 0, with FSDP-sharded weights gathered)."""
+        sharded = isinstance(state.model, FullyShardedDataParallel) or any(
+            isinstance(module, FullyShardedDataParallel) for module in state.model.modules()
+        )
+        gathered = (
+            FullyShardedDataParallel.summon_full_params(state.model, writeback=False, rank0_only=True, offload_to_cpu=True)
+            if sharded
+            else contextlib.nullcontext()
+        )
+        with gathered:
+            if dist.get_global_rank() == 0:
+                write_pruned_model(self.hf_model, state.model.tokenizer, self.export_dir, self.export_dtype)
+        dist.barrier()
+
+    def _check_export_dir(self) -> None:
+        if self.export_dir is not None and self.export_dir.is_dir() and any(self.export_dir.iterdir()):
+            raise FileExistsError(f'algorithms.shearing.export_dir: {self.export_dir} already holds files')
 
     def warmup_progress(self, state: State) -> float:
         """How far the target sparsity has warmed up, from 0 to 1."""

@@ -1,20 +1,25 @@
-"""``llmshearing export``: a Composer checkpoint of a pruning run to a plain, pruned Hugging Face model."""
+"""``llmshearing export``: a Composer checkpoint of a pruning run to a plain, pruned Hugging Face model.
+
+It reads checkpoints of this package's runs and of the original LLM-Shearing code.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from composer.models import HuggingFaceModel
 from composer.models.huggingface import get_hf_config_from_composer_state_dict
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_utils import no_init_weights
 
-from llmshearing.pruning.algorithm import Shearing
+from llmshearing.pruning.l0_module import StructureMasks
 from llmshearing.pruning.llama_layout import attach_masks, prune_model
+from llmshearing.pruning.original_checkpoint import is_original_checkpoint, model_and_masks_from_original_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +38,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def _mask_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
-    for name, algorithm_state in checkpoint['state'].get('algorithms', []):
-        if name == Shearing.__qualname__ and 'mask_config' in algorithm_state:
+    for _, algorithm_state in checkpoint['state'].get('algorithms', []):
+        if 'mask_config' in algorithm_state:
             return algorithm_state['mask_config']
     raise ValueError(f'checkpoint {path} has no shearing algorithm state: it was not saved by a pruning run')
 
 
+def load_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The checkpoint's file and its contents."""
+    path = resolve_checkpoint(path)
+    return path, torch.load(path, map_location='cpu', weights_only=False)
+
+
 def masked_model_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
     """The source HF model with its masks and weights as saved, in eval mode, and the raw checkpoint."""
-    path = resolve_checkpoint(path)
-    checkpoint = torch.load(path, map_location='cpu', weights_only=False)
+    path, checkpoint = load_checkpoint(path)
+    return _masked_model(checkpoint, path), checkpoint
+
+
+def _masked_model(checkpoint: dict[str, Any], path: Path) -> PreTrainedModel:
     if 'huggingface' not in checkpoint['state'].get('integrations', {}):
         raise ValueError(f'checkpoint {path} does not hold a Hugging Face model (no integrations.huggingface state)')
     mask_config = _mask_config(checkpoint, path)
@@ -56,31 +70,91 @@ def masked_model_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dic
         if name.startswith(MODEL_PREFIX)
     }
     model.load_state_dict(weights, strict=True)
-    return model.eval(), checkpoint
+    return model.eval()
 
 
-def export(checkpoint_path: str | Path, output_dir: str | Path, dtype: str = 'bf16', overwrite: bool = False) -> Path:
-    """Write the pruned model (safetensors), its config and the run's tokenizer to ``output_dir``."""
+def _tokenizer(
+    checkpoint: dict[str, Any],
+    tokenizer_path: str | Path | None,
+    files_dir: Path,
+) -> PreTrainedTokenizerBase:
+    """The tokenizer at ``tokenizer_path`` if given, else the one saved in the checkpoint.
+
+    A saved tokenizer's files are written to ``files_dir``, which must exist as long as the tokenizer is used.
+    """
+    if tokenizer_path is not None:
+        if not Path(tokenizer_path).exists():
+            raise FileNotFoundError(f'--tokenizer {tokenizer_path} does not exist')
+        return AutoTokenizer.from_pretrained(tokenizer_path)
+    saved_state = checkpoint['state'].get('integrations', {}).get('huggingface')
+    tokenizer = None
+    if saved_state:
+        load = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state
+        tokenizer = load(saved_state, tokenizer_save_dir=str(files_dir))
+    if tokenizer is None:
+        raise ValueError('the checkpoint holds no tokenizer; give one with --tokenizer PATH')
+    return tokenizer
+
+
+def export(
+    checkpoint_path: str | Path,
+    output_dir: str | Path,
+    dtype: str = 'bf16',
+    overwrite: bool = False,
+    tokenizer_path: str | Path | None = None,
+) -> Path:
+    """Write the pruned model (safetensors), its config and the tokenizer to ``output_dir``.
+
+    The tokenizer is the one at ``tokenizer_path``, by default the one saved in the checkpoint.
+    """
     if dtype not in DTYPES:
         raise ValueError(f'dtype {dtype!r} is not one of {sorted(DTYPES)}')
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f'output folder {output_dir} is not empty; pass --overwrite to replace its files')
-    model, checkpoint = masked_model_from_checkpoint(checkpoint_path)
-    pruned = prune_model(model, dtype=DTYPES[dtype])
+    path, checkpoint = load_checkpoint(checkpoint_path)
+    with tempfile.TemporaryDirectory(prefix='tokenizer-') as tokenizer_files:
+        tokenizer = _tokenizer(checkpoint, tokenizer_path, Path(tokenizer_files))
+        if is_original_checkpoint(checkpoint):
+            model, masks = model_and_masks_from_original_checkpoint(checkpoint, path)
+        else:
+            model, masks = _masked_model(checkpoint, path), None
+        return write_pruned_model(model, tokenizer, output_dir, dtype, masks)
+
+
+def write_pruned_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    output_dir: str | Path,
+    dtype: str = 'bf16',
+    masks: StructureMasks | None = None,
+) -> Path:
+    """Prune a masked model (``prune_model``) and save it with its tokenizer as a Hugging Face folder."""
+    pruned = prune_model(model, dtype=DTYPES[dtype], masks=masks)
     log.info('Pruned %s to %s', model.l0_module.source, model.l0_module.final_shape())
     pruned.save_pretrained(output_dir, safe_serialization=True)
-    tokenizer = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state(checkpoint['state']['integrations']['huggingface'])
     if tokenizer is not None:
         tokenizer.save_pretrained(output_dir)
     log.info('Wrote %s', output_dir)
-    return output_dir
+    return Path(output_dir)
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser('export', help='Export a pruning checkpoint as a pruned Hugging Face model')
-    parser.add_argument('checkpoint', help='Composer checkpoint file, or a save folder (its latest-rank0.pt)')
+    parser.add_argument(
+        'checkpoint',
+        help='Composer checkpoint file, or a save folder (its latest-rank0.pt), of this package or of the original '
+        'LLM-Shearing code',
+    )
     parser.add_argument('output_dir', help='folder for the pruned model, config and tokenizer')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='weight dtype (default: bf16)')
     parser.add_argument('--overwrite', action='store_true', help='replace files in a non-empty output folder')
-    parser.set_defaults(run=lambda args: export(args.checkpoint, args.output_dir, args.dtype, args.overwrite))
+    parser.add_argument(
+        '--tokenizer',
+        metavar='PATH',
+        help="tokenizer folder to save with the model (default: the checkpoint's; original LLM-Shearing "
+        'checkpoints have none)',
+    )
+    parser.set_defaults(
+        run=lambda args: export(args.checkpoint, args.output_dir, args.dtype, args.overwrite, args.tokenizer),
+    )

@@ -174,10 +174,17 @@ def _prefixed(prefix: str, state: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 @torch.no_grad()
-def pruned_state_dict(model: PreTrainedModel, l0_module: L0Module) -> dict[str, torch.Tensor]:
-    """The weights of the pruned model, with every deterministic mask value folded in (fp32)."""
+def pruned_state_dict(
+    model: PreTrainedModel,
+    l0_module: L0Module,
+    masks: StructureMasks | None = None,
+) -> dict[str, torch.Tensor]:
+    """The weights of the pruned model with every mask value folded in (fp32).
+
+    ``masks`` default to the L0 module's deterministic masks; given masks must keep its final shape.
+    """
     source = l0_module.source
-    masks = l0_module.deterministic_masks(target_shape=True)
+    masks = masks if masks is not None else l0_module.deterministic_masks(target_shape=True)
     masks = StructureMasks(**{k: v.detach().float().cpu() if v is not None else None for k, v in vars(masks).items()})
     hidden = masks.hidden
     kept_hidden = _kept(hidden, source.hidden_size)
@@ -247,10 +254,15 @@ def pruned_config(model: PreTrainedModel, shape: ModelShape):
     return config
 
 
-def prune_model(model: PreTrainedModel, dtype: torch.dtype | None = None) -> PreTrainedModel:
+def prune_model(
+    model: PreTrainedModel,
+    dtype: torch.dtype | None = None,
+    masks: StructureMasks | None = None,
+) -> PreTrainedModel:
     """A plain model of the same class, cut to the final shape with every mask value folded in.
 
-    Its forward equals the masked model's eval forward. ``dtype`` defaults to the model's own.
+    Its forward equals the masked model's eval forward. ``dtype`` defaults to the model's own. ``masks``
+    replace the deterministic masks of ``model.l0_module`` and must keep its final shape.
     """
     l0_module = getattr(model, L0_MODULE_NAME, None)
     if not isinstance(l0_module, L0Module):
@@ -258,7 +270,7 @@ def prune_model(model: PreTrainedModel, dtype: torch.dtype | None = None) -> Pre
     dtype = dtype or model.get_input_embeddings().weight.dtype
     config = pruned_config(model, l0_module.final_shape())
     config.torch_dtype = dtype
-    state = pruned_state_dict(model, l0_module)
+    state = pruned_state_dict(model, l0_module, masks)
     with no_init_weights():
         pruned = type(model)(config)
     pruned.tie_weights()

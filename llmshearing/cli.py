@@ -9,6 +9,8 @@ import sys
 
 COMMAND_MODULES = (
     'llmshearing.pruning.export',
+    'llmshearing.data.prepare',
+    'llmshearing.data.reference_loss',
     'llmshearing.demo',
 )
 

@@ -1,0 +1,253 @@
+"""The ``dynamic_loading`` callback: after each evaluation, give more training data to the domains whose
+eval loss lags furthest behind a reference (Sheared-LLaMA's dynamic batch loading).
+
+``domain_loss_sums`` and ``doremi_update`` hold the math; ``DynamicLoading`` decides when: it sums each
+domain's token losses over the eval batches, reduces them over ranks after all evaluators ran, updates
+the proportions and hands them to the training dataset.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from composer.core import Callback, DataSpec, Evaluator, State
+from composer.loggers import Logger
+from composer.utils import dist
+from torch.utils.data import DataLoader, Dataset
+
+from llmshearing.data.dynamic_dataset import DomainStreamingDataset, DynamicStreamingDataset
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+UPDATES = ('doremi', 'constant')
+
+
+def domain_loss_sums(
+    logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_domains: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per domain, the summed next-token cross-entropy and the number of predicted tokens (float64).
+
+    Args:
+        logits: ``[batch, seq_len, vocab]``; position ``t`` predicts ``labels[:, t + 1]``.
+        labels: ``[batch, seq_len]``, ``-100`` where no loss is taken.
+        domains: ``[batch]``, each sample's domain index.
+        num_domains: the number of domains.
+    """
+    targets = labels[:, 1:]
+    token_losses = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+        targets.reshape(-1),
+        ignore_index=IGNORE_INDEX,
+        reduction='none',
+    ).view(targets.shape)
+    loss_sums = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)
+    token_counts = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)
+    loss_sums.index_add_(0, domains, token_losses.sum(dim=1).double())
+    token_counts.index_add_(0, domains, (targets != IGNORE_INDEX).sum(dim=1).double())
+    return loss_sums, token_counts
+
+
+def doremi_update(
+    proportions: Sequence[float], losses: Sequence[float], references: Sequence[float], eta: float, smoothing: float,
+) -> np.ndarray:
+    """α ← (1 − c)·softmax(log α + η·max(ℓ − ℓ_ref, 0)) + c / k, with c = ``smoothing`` and k domains."""
+    excess = np.maximum(np.asarray(losses, np.float64) - np.asarray(references, np.float64), 0.0)
+    with np.errstate(divide='ignore'):
+        logits = np.log(np.asarray(proportions, np.float64)) + eta * excess
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    return (1 - smoothing) * weights + smoothing / len(weights)
+
+
+class DynamicLoading(Callback):
+    """Re-weight the training domains after every evaluation from the per-domain eval losses.
+
+    Needs a ``dynamic_text`` train loader with ``proportions`` and at least one ``dynamic_text`` eval loader
+    over the same ``domains``; checks them as soon as the Trainer has them. Every evaluation (periodic, or
+    ``eval_first``) updates the proportions, which apply to the training samples the DataLoaders have not
+    prepared yet, on every rank.
+
+    Args:
+        reference: each domain's reference loss, in the order of the data's ``domains``, or ``'initial'``:
+            the model's own per-domain eval losses at the first evaluation (set ``eval_first: true`` to take
+            them before any training step).
+        update: ``'doremi'`` (α ← (1 − c)·softmax(log α + η·max(ℓ − ℓ_ref, 0)) + c / k) or ``'constant'``
+            (keep the initial proportions; the losses are still logged).
+        eta: the step size η of the ``doremi`` update.
+        smoothing: the weight c of the uniform distribution mixed into the ``doremi`` update.
+        domains: the domain names this configuration expects, checked against the training data's.
+    """
+
+    def __init__(
+        self,
+        reference: Sequence[float] | str = 'initial',
+        update: str = 'doremi',
+        eta: float = 1.0,
+        smoothing: float = 1e-4,
+        domains: Sequence[str] | None = None,
+    ):
+        if update not in UPDATES:
+            raise ValueError(f'callbacks.dynamic_loading.update must be one of {list(UPDATES)}, got {update!r}')
+        if not eta >= 0:
+            raise ValueError(f'callbacks.dynamic_loading.eta must be non-negative, got {eta}')
+        if not 0 <= smoothing <= 1:
+            raise ValueError(f'callbacks.dynamic_loading.smoothing must be in [0, 1], got {smoothing}')
+        if isinstance(reference, str):
+            if reference != 'initial':
+                raise ValueError(
+                    f"callbacks.dynamic_loading.reference must be 'initial' or a list of losses, got {reference!r}",
+                )
+            self.references: tuple[float, ...] | None = None
+        else:
+            self.references = tuple(float(loss) for loss in reference)
+            if not all(np.isfinite(self.references)):
+                raise ValueError(f'callbacks.dynamic_loading.reference must be finite losses, got {list(reference)}')
+        self.update = update
+        self.eta = eta
+        self.smoothing = smoothing
+        self.expected_domains = None if domains is None else tuple(domains)
+        self.proportions: tuple[float, ...] | None = None
+        self._dataset: DynamicStreamingDataset | None = None
+        self._eval_labels: set[str] = set()
+        self._labels: torch.Tensor | None = None
+        self._loss_sums: torch.Tensor | None = None
+        self._token_counts: torch.Tensor | None = None
+
+    def after_load(self, state: State, logger: Logger) -> None:
+        """Attach as soon as the Trainer has its loaders, before an ``eval_first`` evaluation."""
+        if state.train_dataloader is not None:
+            self._attach(state)
+
+    def fit_start(self, state: State, logger: Logger) -> None:
+        self._attach(state)
+
+    def eval_before_all(self, state: State, logger: Logger) -> None:
+        self._start_evaluation()
+
+    def eval_standalone_start(self, state: State, logger: Logger) -> None:
+        self._start_evaluation()
+
+    def eval_before_forward(self, state: State, logger: Logger) -> None:
+        # The model's eval_forward takes the labels out of the batch (and may shift them in place).
+        if self._loss_sums is not None and state.dataloader_label in self._eval_labels:
+            self._labels = state.batch['labels'].clone()
+
+    def eval_after_forward(self, state: State, logger: Logger) -> None:
+        if self._labels is None:
+            return
+        logits = state.outputs if isinstance(state.outputs, torch.Tensor) else state.outputs['logits']
+        num_domains = len(self._dataset.domains)
+        loss_sums, token_counts = domain_loss_sums(logits, self._labels, state.batch['domain'], num_domains)
+        self._loss_sums += loss_sums.cpu()
+        self._token_counts += token_counts.cpu()
+        self._labels = None
+
+    def eval_after_all(self, state: State, logger: Logger) -> None:
+        self._finish_evaluation(state, logger)
+
+    def eval_standalone_end(self, state: State, logger: Logger) -> None:
+        self._finish_evaluation(state, logger)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            'references': None if self.references is None else list(self.references),
+            'proportions': None if self.proportions is None else list(self.proportions),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.references = None if state['references'] is None else tuple(state['references'])
+        self.proportions = None if state['proportions'] is None else tuple(state['proportions'])
+
+    def _attach(self, state: State) -> None:
+        """Find the training dataset and the per-domain evaluators; check them against the configuration."""
+        dataset = _dataset_of(state.train_dataloader)
+        if not isinstance(dataset, DynamicStreamingDataset):
+            raise ValueError(
+                'callbacks.dynamic_loading needs a train_loader of name dynamic_text with dataset.proportions',
+            )
+        domains = dataset.domains
+        if self.expected_domains is not None and self.expected_domains != domains:
+            raise ValueError(
+                f'callbacks.dynamic_loading.domains: {list(self.expected_domains)} do not match the training '
+                f'data\'s domains {list(domains)}',
+            )
+        if self.references is not None and len(self.references) != len(domains):
+            raise ValueError(
+                f'callbacks.dynamic_loading.reference: expected {len(domains)} losses, one per domain '
+                f'{list(domains)}, got {len(self.references)}',
+            )
+        self._eval_labels = set()
+        for evaluator in state.evaluators:
+            eval_dataset = _dataset_of(evaluator.dataloader)
+            if isinstance(eval_dataset, DomainStreamingDataset):
+                if eval_dataset.domains != domains:
+                    raise ValueError(
+                        f'eval_loader.dataset.domains: {list(eval_dataset.domains)} do not match the training '
+                        f'data\'s domains {list(domains)}',
+                    )
+                self._eval_labels.add(evaluator.label)
+        if not self._eval_labels:
+            raise ValueError(
+                'callbacks.dynamic_loading needs an eval_loader of name dynamic_text, for the per-domain losses',
+            )
+        self._dataset = dataset
+        if self.proportions is None:
+            self.proportions = dataset.proportions
+
+    def _start_evaluation(self) -> None:
+        if self._dataset is None:
+            return
+        num_domains = len(self._dataset.domains)
+        self._loss_sums = torch.zeros(num_domains, dtype=torch.float64)
+        self._token_counts = torch.zeros(num_domains, dtype=torch.float64)
+
+    def _finish_evaluation(self, state: State, logger: Logger) -> None:
+        """Reduce the losses over ranks, update the proportions, hand them to the training data, log."""
+        if self._loss_sums is None:
+            return
+        totals = state.device.tensor_to_device(torch.stack([self._loss_sums, self._token_counts]))
+        self._loss_sums = self._token_counts = None
+        dist.all_reduce(totals, reduce_operation='SUM')
+        loss_sums, token_counts = totals.cpu().numpy()
+        if not token_counts.any():
+            return
+        domains = self._dataset.domains
+        missing = [name for name, count in zip(domains, token_counts) if not count]
+        if missing:
+            raise RuntimeError(
+                f'dynamic_loading: this evaluation has no tokens of the domains {missing}, so their loss is '
+                f'undefined: evaluate more batches (eval_subset_num_batches) so that every domain is in them',
+            )
+        losses = loss_sums / token_counts
+        if self.references is None:
+            self.references = tuple(losses.tolist())
+            log.info('Reference losses (initial): %s', dict(zip(domains, self.references)))
+        if self.update == 'doremi':
+            proportions = torch.from_numpy(
+                doremi_update(self.proportions, losses, self.references, self.eta, self.smoothing),
+            )
+            proportions = state.device.tensor_to_device(proportions)
+            dist.broadcast(proportions, src=0)
+            self.proportions = tuple(proportions.cpu().tolist())
+            self._dataset.set_proportions(self.proportions, samples_seen=int(state.timestamp.sample))
+        metrics = {}
+        for name, loss, reference, proportion in zip(domains, losses, self.references, self.proportions):
+            metrics[f'dynamic_loading/loss/{name}'] = float(loss)
+            metrics[f'dynamic_loading/reference/{name}'] = reference
+            metrics[f'dynamic_loading/proportion/{name}'] = proportion
+        logger.log_metrics(metrics)
+
+
+def _dataset_of(loader: Evaluator | DataSpec | DataLoader | None) -> Dataset | None:
+    """The dataset behind an Evaluator, a DataSpec or a DataLoader (``None`` for other iterables)."""
+    if isinstance(loader, Evaluator):
+        loader = loader.dataloader
+    if isinstance(loader, DataSpec):
+        loader = loader.dataloader
+    return loader.dataset if isinstance(loader, DataLoader) else None

@@ -1,0 +1,288 @@
+"""The ``dynamic_loading`` callback: its math against hand computations, its events on a hand-made state,
+its errors, and real llm-foundry runs (uninterrupted and resumed) with ``dynamic_text`` loaders."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from composer.core import DataSpec, Evaluator
+from composer.devices import DeviceCPU
+from llmfoundry.command_utils import train_from_yaml
+from streaming import MDSWriter
+from torch.utils.data import DataLoader
+
+from llmshearing.callbacks import DynamicLoading
+from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums
+from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
+from llmshearing.toy import SPECIAL_TOKENS, save_toy_model
+
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ('cc', 'github', 'wiki')
+INITIAL = (0.6, 0.3, 0.1)
+SEQ_LEN = 64
+VOCAB = 259
+
+
+def write_domain_data(folder: Path, samples_per_domain: int, seed: int) -> Path:
+    """Random tokens, each domain from its own range of the toy vocabulary, so the domains' losses differ."""
+    rng = np.random.default_rng(seed)
+    for domain, name in enumerate(DOMAINS):
+        low = len(SPECIAL_TOKENS) + 80 * domain
+        with MDSWriter(out=str(folder / name), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}) as writer:
+            for _ in range(samples_per_domain):
+                writer.write({'tokens': rng.integers(low, low + 20 * (domain + 1), SEQ_LEN).astype(np.uint16), 'domain': name})
+    return folder
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('dynamic-loading') / 'data'
+    write_domain_data(root / 'train', 64, seed=0)
+    write_domain_data(root / 'eval', 8, seed=1)
+    return root
+
+
+def test_doremi_update_equals_the_hand_computation():
+    proportions, losses, references = (0.5, 0.3, 0.2), (2.0, 3.5, 1.0), (2.5, 3.0, 0.8)
+    eta, smoothing = 0.7, 1e-2
+    # Excess losses max(l - l_ref, 0): 0, 0.5, 0.2.
+    unnormalised = [0.5, 0.3 * math.exp(0.7 * 0.5), 0.2 * math.exp(0.7 * 0.2)]
+    expected = [(1 - smoothing) * weight / sum(unnormalised) + smoothing / 3 for weight in unnormalised]
+    np.testing.assert_allclose(doremi_update(proportions, losses, references, eta, smoothing), expected, rtol=1e-14)
+
+
+def test_doremi_update_keeps_proportions_when_no_domain_lags_and_revives_a_domain_at_zero():
+    np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.0), (0.5, 0.5, 0.0))
+    np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.3), (0.45, 0.45, 0.1))
+
+
+def test_domain_loss_sums_equal_the_cross_entropy_of_each_domains_tokens():
+    logits = torch.randn(4, 6, 11)
+    labels = torch.randint(0, 11, (4, 6))
+    labels[1, 3] = -100
+    domains = torch.tensor([2, 0, 2, 1])
+    loss_sums, token_counts = domain_loss_sums(logits, labels, domains, 4)
+
+    assert token_counts.tolist() == [4.0, 5.0, 10.0, 0.0]
+    for domain in range(3):
+        rows = domains == domain
+        expected = F.cross_entropy(
+            logits[rows, :-1].reshape(-1, 11), labels[rows, 1:].reshape(-1), ignore_index=-100, reduction='sum',
+        )
+        assert loss_sums[domain].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert loss_sums[3].item() == 0.0
+
+
+@pytest.mark.parametrize(
+    ('settings', 'message'),
+    [
+        ({'update': 'bandit'}, "callbacks.dynamic_loading.update must be one of ['doremi', 'constant'], got 'bandit'"),
+        ({'eta': -1.0}, 'callbacks.dynamic_loading.eta must be non-negative, got -1.0'),
+        ({'smoothing': 1.5}, 'callbacks.dynamic_loading.smoothing must be in [0, 1], got 1.5'),
+        ({'reference': 'final'}, "callbacks.dynamic_loading.reference must be 'initial' or a list of losses, got 'final'"),
+        ({'reference': [1.0, float('nan'), 2.0]}, 'callbacks.dynamic_loading.reference must be finite losses, got [1.0, nan, 2.0]'),
+    ],
+)
+def test_bad_settings_fail_at_construction_naming_the_key(settings, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DynamicLoading(**settings)
+
+
+class RecordingLogger:
+    def __init__(self):
+        self.metrics: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        self.metrics.append(metrics)
+
+
+def trainer_state(data: Path, eval_domains: Sequence[str] = DOMAINS, lookahead_batches: int = 0) -> SimpleNamespace:
+    """The parts of a Composer State the callback reads, with real loaders."""
+    train = DynamicStreamingDataset(
+        local=str(data), domains=list(DOMAINS), proportions=list(INITIAL), batch_size=4, lookahead_batches=lookahead_batches,
+    )
+    evaluation = DomainStreamingDataset(local=str(data), domains=list(eval_domains), batch_size=4)
+    return SimpleNamespace(
+        train_dataloader=DataLoader(train, batch_size=4),
+        evaluators=[Evaluator(label='eval', dataloader=DataSpec(DataLoader(evaluation, batch_size=4)), metric_names=[])],
+        device=DeviceCPU(),
+        dataloader_label='eval',
+        timestamp=SimpleNamespace(sample=0),
+        batch=None,
+        outputs=None,
+    )
+
+
+def evaluate(
+    callback: DynamicLoading, state: SimpleNamespace, logger: RecordingLogger,
+    batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+) -> None:
+    """Run the callback's evaluation events over (labels, domains, logits) batches, as Composer's eval loop does."""
+    callback.eval_before_all(state, logger)
+    for batch_labels, domains, logits in batches:
+        labels = batch_labels.clone()
+        state.batch = {'input_ids': labels.clone(), 'labels': labels, 'domain': domains}
+        callback.eval_before_forward(state, logger)
+        del state.batch['labels']  # eval_forward takes them
+        labels[:, :-1] = labels[:, 1:].clone()  # and shifts them in place
+        state.outputs = logits
+        callback.eval_after_forward(state, logger)
+    callback.eval_after_all(state, logger)
+
+
+def random_eval_batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randint(0, VOCAB, (4, 8), generator=generator), torch.tensor(domains), torch.randn(4, 8, VOCAB, generator=generator))
+        for domains in ([0, 1, 2, 0], [1, 2, 2, 0])
+    ]
+
+
+def hand_losses(batches) -> np.ndarray:
+    """Each domain's mean next-token cross-entropy over all its eval tokens."""
+    losses = []
+    for domain in range(len(DOMAINS)):
+        logits = torch.cat([batch_logits[batch_domains == domain] for _, batch_domains, batch_logits in batches])
+        labels = torch.cat([batch_labels[batch_domains == domain] for batch_labels, batch_domains, _ in batches])
+        losses.append(F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1)).item())
+    return np.array(losses)
+
+
+def test_each_evaluation_updates_the_training_proportions_as_computed_by_hand(data):
+    state = trainer_state(data)
+    logger = RecordingLogger()
+    callback = DynamicLoading(reference='initial', eta=0.5, smoothing=1e-3)
+    callback.after_load(state, logger)
+    dataset = state.train_dataloader.dataset
+
+    first, second = random_eval_batches(0), random_eval_batches(1)
+    first_losses, second_losses = hand_losses(first), hand_losses(second)
+    evaluate(callback, state, logger, first)
+    after_first = doremi_update(INITIAL, first_losses, first_losses, 0.5, 1e-3)
+    np.testing.assert_allclose(callback.references, first_losses, rtol=1e-6)
+    np.testing.assert_allclose(dataset.proportions, after_first, rtol=1e-12)
+    assert [change.start for change in dataset.schedule] == [0, 0]
+
+    state.timestamp.sample = 96
+    evaluate(callback, state, logger, second)
+    after_second = doremi_update(after_first, second_losses, first_losses, 0.5, 1e-3)
+    np.testing.assert_allclose(dataset.proportions, after_second, rtol=1e-5)
+    assert [change.start for change in dataset.schedule] == [0, 0, 96]
+    assert callback.proportions == dataset.proportions
+    logged = logger.metrics[-1]
+    assert set(logged) == {f'dynamic_loading/{kind}/{name}' for kind in ('loss', 'reference', 'proportion') for name in DOMAINS}
+    assert logged['dynamic_loading/loss/github'] == pytest.approx(second_losses[1], rel=1e-6)
+    assert logged['dynamic_loading/proportion/wiki'] == dataset.proportions[2]
+
+
+def test_a_change_applies_after_the_batches_the_workers_may_have_prepared(data):
+    state = trainer_state(data, lookahead_batches=4)
+    logger = RecordingLogger()
+    callback = DynamicLoading(reference=[0.0, 0.0, 0.0])
+    callback.fit_start(state, logger)
+    state.timestamp.sample = 40
+    evaluate(callback, state, logger, random_eval_batches(0))
+    assert [change.start for change in state.train_dataloader.dataset.schedule] == [0, 40 + 4 * 4]
+
+
+def test_constant_update_keeps_the_proportions_and_logs_the_losses(data):
+    state = trainer_state(data)
+    logger = RecordingLogger()
+    callback = DynamicLoading(reference=[5.0, 5.0, 5.0], update='constant')
+    callback.fit_start(state, logger)
+    batches = random_eval_batches(0)
+    evaluate(callback, state, logger, batches)
+    assert state.train_dataloader.dataset.schedule == (ProportionChange(0, INITIAL),)
+    assert logger.metrics[-1]['dynamic_loading/proportion/cc'] == 0.6
+    assert logger.metrics[-1]['dynamic_loading/loss/wiki'] == pytest.approx(hand_losses(batches)[2], rel=1e-6)
+
+
+def test_an_evaluation_without_a_domain_is_an_error_not_a_nan(data):
+    state = trainer_state(data)
+    logger = RecordingLogger()
+    callback = DynamicLoading()
+    callback.fit_start(state, logger)
+    labels, _, logits = random_eval_batches(0)[0]
+    with pytest.raises(RuntimeError, match=re.escape("this evaluation has no tokens of the domains ['wiki']")):
+        evaluate(callback, state, logger, [(labels, torch.tensor([0, 1, 1, 0]), logits)])
+
+
+@pytest.mark.parametrize(
+    ('settings', 'eval_domains', 'message'),
+    [
+        ({'domains': ['cc', 'wiki', 'github']}, DOMAINS,
+         "callbacks.dynamic_loading.domains: ['cc', 'wiki', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']"),
+        ({'reference': [1.0, 2.0]}, DOMAINS,
+         "callbacks.dynamic_loading.reference: expected 3 losses, one per domain ['cc', 'github', 'wiki'], got 2"),
+        ({}, ('cc', 'github'),
+         "eval_loader.dataset.domains: ['cc', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']"),
+    ],
+)
+def test_mismatches_with_the_data_fail_before_training(data, settings, eval_domains, message):
+    state = trainer_state(data, eval_domains)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DynamicLoading(**settings).after_load(state, RecordingLogger())
+
+
+def test_loaders_that_do_not_carry_domains_fail_before_training(data):
+    state = trainer_state(data)
+    state.evaluators = []
+    with pytest.raises(ValueError, match='callbacks.dynamic_loading needs an eval_loader of name dynamic_text'):
+        DynamicLoading().fit_start(state, RecordingLogger())
+    state.train_dataloader = DataLoader(range(8))
+    with pytest.raises(ValueError, match='callbacks.dynamic_loading needs a train_loader of name dynamic_text'):
+        DynamicLoading().fit_start(state, RecordingLogger())
+
+
+def test_state_round_trips():
+    callback = DynamicLoading()
+    callback.load_state_dict({'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]})
+    assert callback.state_dict() == {'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]}
+
+
+@pytest.fixture(scope='module')
+def training_runs(data, tmp_path_factory) -> Path:
+    """The tiny YAML for 8 batches, evaluated first and every 4; then again resumed from its batch-4 checkpoint."""
+    root = tmp_path_factory.mktemp('runs')
+    source = save_toy_model(root / 'source')
+    settings = [
+        f'variables.model_path={source}', f'variables.data_local={data}', 'max_duration=8ba', 'eval_interval=4ba',
+        'save_interval=4ba', 'callbacks.dynamic_loading.reference=[4.0,4.0,4.0]',
+    ]
+    train_from_yaml(str(REPO / 'yamls/tiny/dynamic_loading.yaml'), settings + [f'save_folder={root / "uninterrupted"}']).close()
+    train_from_yaml(
+        str(REPO / 'yamls/tiny/dynamic_loading.yaml'),
+        settings + [f'save_folder={root / "resumed"}', f'load_path={root / "uninterrupted" / "ep0-ba4-rank0.pt"}'],
+    ).close()
+    return root
+
+
+def load_state(path: Path) -> dict:
+    return torch.load(path, map_location='cpu', weights_only=False)['state']
+
+
+def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
+    state = load_state(training_runs / 'uninterrupted' / 'ep0-ba8-rank0.pt')
+    schedule = state['dataset_state']['train']['schedule']
+    assert [start for start, _ in schedule] == [0, 0, 4 * 4, 8 * 4]
+    assert state['callbacks']['DynamicLoading'] == {'references': [4.0, 4.0, 4.0], 'proportions': schedule[-1][1]}
+    assert max(abs(new - old) for new, old in zip(schedule[-1][1], INITIAL)) > 0.05
+    assert sum(schedule[-1][1]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_resumed_run_equals_the_uninterrupted_one(training_runs):
+    uninterrupted = load_state(training_runs / 'uninterrupted' / 'ep0-ba8-rank0.pt')
+    resumed = load_state(training_runs / 'resumed' / 'ep0-ba8-rank0.pt')
+    assert resumed['dataset_state'] == uninterrupted['dataset_state']
+    assert resumed['callbacks']['DynamicLoading'] == uninterrupted['callbacks']['DynamicLoading']
+    assert resumed['model'].keys() == uninterrupted['model'].keys()
+    for name, weight in uninterrupted['model'].items():
+        assert torch.equal(resumed['model'][name], weight), name

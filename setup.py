@@ -20,6 +20,8 @@ setup(
         'safetensors',
         'sentencepiece',
         'tqdm',
+        'scipy',
+        'zstandard',
         'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={
@@ -29,5 +31,8 @@ setup(
     entry_points={
         'console_scripts': ['llmshearing = llmshearing.cli:main'],
         'llmfoundry_algorithms': ['shearing = llmshearing.pruning.algorithm:Shearing'],
+        'llmfoundry_dataloaders': ['dynamic_text = llmshearing.data.dataloader:build_dynamic_text_dataloader'],
+        'llmfoundry_callbacks': ['dynamic_loading = llmshearing.callbacks.dynamic_loading:DynamicLoading'],
+        'llmfoundry_loggers': ['jsonl = llmshearing.loggers:JSONLinesLogger'],
     },
 )

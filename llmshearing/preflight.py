@@ -80,13 +80,12 @@ def _check_checkpoints(train_config: TrainConfig) -> None:
     save_folder = train_config.save_folder
     if save_folder is None or '://' in save_folder:
         return
-    # With a run_name llm-foundry resumes from a save_folder's checkpoints; without one, Composer would
-    # only find the clash when it first saves, mid-run.
-    resumes = train_config.autoresume or (train_config.run_name is not None and not train_config.save_weights_only)
+    # Without autoresume Composer would only find the clash with the folder's checkpoints when it starts
+    # fitting, after the model has loaded.
     folder = Path(save_folder)
-    if folder.is_dir() and any(folder.iterdir()) and not (train_config.save_overwrite or resumes):
+    if folder.is_dir() and any(folder.iterdir()) and not (train_config.save_overwrite or train_config.autoresume):
         raise FileExistsError(
-            f'save_folder: {folder} already holds files; set run_name and autoresume=true to continue that run, '
+            f'save_folder: {folder} already holds files; set autoresume=true to continue that run '
             'or save_overwrite=true to replace it',
         )
 

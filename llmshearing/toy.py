@@ -61,13 +61,26 @@ def save_toy_model(output_dir: str | Path, seed: int = 0, **sizes: int) -> Path:
     return output_dir
 
 
-def write_token_shards(output_dir: str | Path, samples: Iterable[np.ndarray]) -> Path:
-    """Write token samples as MDS with a ``tokens`` column (``ndarray:uint16``), as llm-foundry's ``text`` loader reads."""
+def write_token_shards(output_dir: str | Path, samples: Iterable[np.ndarray], domain: str | None = None) -> Path:
+    """Write token samples as MDS: a ``tokens`` column (``ndarray:uint16``), as llm-foundry's ``text`` loader
+    reads, and with ``domain`` a ``domain`` column naming it, as ``prepare-data`` writes."""
     output_dir = Path(output_dir)
-    with MDSWriter(out=str(output_dir), columns={'tokens': 'ndarray:uint16'}) as writer:
+    columns = {'tokens': 'ndarray:uint16'} | ({'domain': 'str'} if domain is not None else {})
+    with MDSWriter(out=str(output_dir), columns=columns) as writer:
         for sample in samples:
-            writer.write({'tokens': np.asarray(sample, dtype=np.uint16)})
+            writer.write({'tokens': np.asarray(sample, dtype=np.uint16)} | ({'domain': domain} if domain is not None else {}))
     return output_dir
+
+
+def write_random_domain_data(root: str | Path, domains: Iterable[str], train_samples: int, eval_samples: int, seq_len: int, seed: int = 0) -> Path:
+    """Random-token ``train/<domain>`` and ``eval/<domain>`` shards, laid out as ``prepare-data`` lays them out."""
+    root = Path(root)
+    vocab_size = len(byte_level_tokenizer())
+    for index, domain in enumerate(domains):
+        for split, count in (('train', train_samples), ('eval', eval_samples)):
+            samples = random_token_samples(count, seq_len, vocab_size, seed=seed + 2 * index + (split == 'eval'))
+            write_token_shards(root / split / domain, samples, domain=domain)
+    return root
 
 
 def random_token_samples(num_samples: int, seq_len: int, vocab_size: int, seed: int = 0) -> list[np.ndarray]:

@@ -58,10 +58,10 @@ def test_tokenizer_larger_than_the_model_vocabulary(assets):
         check_train_config(config)
 
 
-def test_a_used_save_folder_without_a_run_name(assets, tmp_path):
+def test_a_used_save_folder_without_autoresume(assets, tmp_path):
     (tmp_path / 'ep0-ba12-rank0.pt').write_bytes(b'')
     config = _config(assets, f'save_folder={tmp_path}')
-    config.pop('run_name')
+    config.autoresume = False
     with pytest.raises(FileExistsError, match=f'save_folder: {tmp_path} already holds files'):
         check_train_config(config)
     config.save_overwrite = True

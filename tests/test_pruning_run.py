@@ -15,9 +15,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing import cli
 from llmshearing.pruning.export import masked_model_from_checkpoint
-from llmshearing.toy import random_token_samples, save_toy_model, write_token_shards
+from llmshearing.toy import save_toy_model, write_random_domain_data
 
 REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ['code', 'reference', 'docs']
 TARGET = {'hidden_size': 48, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 3}
 
 
@@ -25,8 +26,7 @@ TARGET = {'hidden_size': 48, 'num_attention_heads': 2, 'intermediate_size': 64, 
 def pruning_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('pruning-run')
     source = save_toy_model(root / 'source')
-    write_token_shards(root / 'data' / 'train', random_token_samples(64, 64, 259, seed=0))
-    write_token_shards(root / 'data' / 'eval', random_token_samples(8, 64, 259, seed=1))
+    write_random_domain_data(root / 'data', DOMAINS, train_samples=32, eval_samples=4, seq_len=64)
     command = [
         str(Path(sys.executable).with_name('composer')), '-n', '1', str(REPO / 'train.py'), str(REPO / 'yamls/tiny/pruning.yaml'),
         f'variables.model_path={source}', f'variables.data_local={root / "data"}', f'save_folder={root / "checkpoints"}',

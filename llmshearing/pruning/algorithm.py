@@ -104,6 +104,7 @@ class Shearing(Algorithm):
         self.export_dtype = export_dtype
         self.l0_module: L0Module | None = None
         self.hf_model: PreTrainedModel | None = None
+        self._microbatch_index = 0
 
     def mask_config(self) -> dict[str, Any]:
         """What shapes the masks: saved in checkpoints, where ``llmshearing export`` reads it back."""
@@ -114,6 +115,10 @@ class Shearing(Algorithm):
             'droprate_init': self.droprate_init,
             'eval_target_shape': self.eval_target_shape,
         }
+
+    def __repr__(self) -> str:
+        settings = self.mask_config() | {'lagrangian_warmup': str(self.lagrangian_warmup), 'lag_lr': self.lag_lr}
+        return f'{type(self).__name__}(' + ', '.join(f'{key}={value!r}' for key, value in settings.items()) + ')'
 
     def state_dict(self) -> dict[str, Any]:
         return super().state_dict() | {'mask_config': self.mask_config()}
@@ -127,7 +132,7 @@ class Shearing(Algorithm):
                 )
 
     def match(self, event: Event, state: State) -> bool:
-        return event in (Event.INIT, Event.AFTER_LOSS, Event.BATCH_END) or (
+        return event in (Event.INIT, Event.BATCH_START, Event.BEFORE_FORWARD, Event.AFTER_LOSS, Event.BATCH_END) or (
             event == Event.FIT_END and self.export_dir is not None
         )
 
@@ -146,7 +151,13 @@ class Shearing(Algorithm):
                 self.droprate_init,
                 self.eval_target_shape,
             )
+            self.l0_module.generator = torch.Generator(self.l0_module.device)
             log.info('Pruning %s to %s', self.l0_module.source, self.l0_module.final_shape())
+        elif event == Event.BATCH_START:
+            self._microbatch_index = 0
+        elif event == Event.BEFORE_FORWARD:
+            self.l0_module.generator.manual_seed(self.mask_seed(state))
+            self._microbatch_index += 1
         elif event == Event.AFTER_LOSS:
             lagrangian = self.l0_module.lagrangian(self.warmup_progress(state))
             language_model_loss = state.loss['total'] if isinstance(state.loss, dict) else state.loss
@@ -175,6 +186,12 @@ class Shearing(Algorithm):
     def _check_export_dir(self) -> None:
         if self.export_dir is not None and self.export_dir.is_dir() and any(self.export_dir.iterdir()):
             raise FileExistsError(f'algorithms.shearing.export_dir: {self.export_dir} already holds files')
+
+    def mask_seed(self, state: State) -> int:
+        """Seed of the mask sample of the coming microbatch: a function of the run's seed, the rank, the batch and
+        the microbatch, so that a resumed run draws exactly what the uninterrupted run draws."""
+        key = (state.rank_zero_seed, dist.get_global_rank(), int(state.timestamp.batch), self._microbatch_index)
+        return hash(key) & ((1 << 63) - 1)
 
     def warmup_progress(self, state: State) -> float:
         """How far the target sparsity has warmed up, from 0 to 1."""

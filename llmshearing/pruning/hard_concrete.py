@@ -22,9 +22,9 @@ LOG_ALPHA_MAX = math.log(1e2)
 DETERMINISTIC_SHARPNESS = 0.8
 
 
-def sample_hard_concrete(log_alpha: torch.Tensor) -> torch.Tensor:
+def sample_hard_concrete(log_alpha: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One differentiable sample of the gates, with values in [0, 1] and exact zeros."""
-    u = torch.empty_like(log_alpha).uniform_(EPSILON, 1.0 - EPSILON)
+    u = torch.empty_like(log_alpha).uniform_(EPSILON, 1.0 - EPSILON, generator=generator)
     soft = torch.sigmoid((torch.log(u) - torch.log1p(-u) + log_alpha) / TEMPERATURE)
     return (soft * (LIMIT_RIGHT - LIMIT_LEFT) + LIMIT_LEFT).clamp(0.0, 1.0)
 
@@ -77,8 +77,8 @@ class HardConcreteMask(nn.Module):
         with torch.no_grad():
             self.log_alpha.copy_(init_log_alpha(self.shape, self.droprate_init))
 
-    def sample(self) -> torch.Tensor:
-        return sample_hard_concrete(self.log_alpha)
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
+        return sample_hard_concrete(self.log_alpha, generator)
 
     def keep_probability(self) -> torch.Tensor:
         return keep_probability(self.log_alpha)

@@ -150,6 +150,8 @@ class L0Module(nn.Module):
         constraints = pruning_modules if self.target is not None else ['params']
         # (lambda_1, lambda_2) per constraint.
         self.lambdas = nn.ParameterDict({name: nn.Parameter(torch.zeros(2)) for name in constraints})
+        # Draws the training samples; ``None`` uses torch's global generator.
+        self.generator: torch.Generator | None = None
 
     def _mask_shape(self, module: str) -> tuple[int, ...]:
         s = self.source
@@ -191,7 +193,7 @@ class L0Module(nn.Module):
     def forward(self) -> StructureMasks:
         """A fresh sample of every mask in training; deterministic masks in eval."""
         if self.training:
-            return self.structure_masks({module: mask.sample() for module, mask in self.masks.items()})
+            return self.structure_masks({module: mask.sample(self.generator) for module, mask in self.masks.items()})
         return self.deterministic_masks(target_shape=self.eval_target_shape)
 
     def deterministic_masks(self, target_shape: bool = True) -> StructureMasks:
@@ -213,7 +215,7 @@ class L0Module(nn.Module):
             kv_heads = query_heads = gates.get('head')
         elif 'head' in gates or kv_heads is not None:
             # (layers, kv_heads, groups) -> (layers, heads): query head h belongs to kv head h // groups.
-            within_group = gates.get('head', torch.ones(self._mask_shape('head'), device=self._device()))
+            within_group = gates.get('head', torch.ones(self._mask_shape('head'), device=self.device))
             group = kv_heads.unsqueeze(-1) if kv_heads is not None else 1.0
             query_heads = (within_group * group).reshape(s.num_hidden_layers, s.num_attention_heads)
         return StructureMasks(
@@ -227,7 +229,7 @@ class L0Module(nn.Module):
     @property
     def masked_structures(self) -> set[str]:
         """Names of the ``StructureMasks`` fields that these masks set."""
-        gates = {module: torch.ones(mask.shape, device=self._device()) for module, mask in self.masks.items()}
+        gates = {module: torch.ones(mask.shape, device=self.device) for module, mask in self.masks.items()}
         return {name for name, value in vars(self.structure_masks(gates)).items() if value is not None}
 
     def final_shape(self) -> ModelShape:
@@ -247,7 +249,8 @@ class L0Module(nn.Module):
 
     # Expected size and the Lagrangian ------------------------------------------------------------
 
-    def _device(self) -> torch.device:
+    @property
+    def device(self) -> torch.device:
         return next(iter(self.lambdas.values())).device
 
     def expected_num_params(self, keep: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
@@ -259,7 +262,7 @@ class L0Module(nn.Module):
         if keep is None:
             keep = {module: mask.keep_probability() for module, mask in self.masks.items()}
         s = self.source
-        ones = torch.ones(s.num_hidden_layers, device=self._device())
+        ones = torch.ones(s.num_hidden_layers, device=self.device)
         masks = self.structure_masks(keep)
         layer = masks.layer if masks.layer is not None else ones
         hidden = masks.hidden.sum() if masks.hidden is not None else s.hidden_size * ones[0]
@@ -292,7 +295,7 @@ class L0Module(nn.Module):
     def lagrangian(self, progress: float) -> torch.Tensor:
         """``sum_k lambda_1,k (s_k - t_k) + lambda_2,k (s_k - t_k)^2``; the masks descend it, the lambdas ascend it."""
         expected, target = self.expected_sparsities(), self.target_sparsities(progress)
-        total = torch.zeros((), device=self._device())
+        total = torch.zeros((), device=self.device)
         for name, lambdas in self.lambdas.items():
             gap = expected[name] - target[name]
             lambda_1, lambda_2 = _ReverseGradient.apply(lambdas)

@@ -1,0 +1,105 @@
+"""Every shipped YAML parses, llm-foundry accepts its keys, and its model, algorithm, loaders and
+callbacks build (7B-sized sources on the meta device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from llmfoundry.data.dataloader import build_dataloader
+from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_tokenizer
+from omegaconf import OmegaConf as om
+from streaming import MDSWriter
+from transformers import AutoConfig
+
+from llmshearing.preflight import check_train_config, load_train_config
+from llmshearing.pruning import Shearing, apply_shearing
+from llmshearing.toy import byte_level_tokenizer, save_toy_model
+
+REPO = Path(__file__).resolve().parents[1]
+YAMLS = sorted((REPO / 'yamls').glob('*/*.yaml'))
+DOMAINS = ['cc', 'github', 'book', 'stackexchange', 'wiki', 'arxiv', 'c4-rp']
+SEQ_LEN = 32
+
+SOURCES = {
+    'llama2_7b': dict(model_type='llama', hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000),
+    'llama3_8b': dict(
+        model_type='llama', hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
+        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
+    ),
+    'mistral_7b': dict(
+        model_type='mistral', hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
+        intermediate_size=14336, vocab_size=32000,
+    ),
+    'qwen2.5_7b': dict(
+        model_type='qwen2', hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, num_hidden_layers=28,
+        intermediate_size=18944, vocab_size=152064,
+    ),
+    'llama2_2.7b': dict(model_type='llama', hidden_size=2560, num_attention_heads=20, num_hidden_layers=32, intermediate_size=6912, vocab_size=32000),
+    'llama2_1.3b': dict(model_type='llama', hidden_size=2048, num_attention_heads=16, num_hidden_layers=24, intermediate_size=5504, vocab_size=32000),
+    'llama2_370m': dict(model_type='llama', hidden_size=1024, num_attention_heads=8, num_hidden_layers=24, intermediate_size=2816, vocab_size=32000),
+}
+
+
+def _source_key(yaml_path: Path) -> str | None:
+    if yaml_path.parent.name == 'tiny':
+        return None
+    return next(key for key in SOURCES if yaml_path.stem.startswith(key))
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('yamls')
+    save_toy_model(root / 'models' / 'toy')
+    for key, sizes in SOURCES.items():
+        folder = root / 'models' / key
+        AutoConfig.for_model(**sizes).save_pretrained(folder)
+        byte_level_tokenizer().save_pretrained(folder)
+    rng = np.random.default_rng(0)
+    for split, count in (('train', 16), ('eval', 4)):
+        for domain in DOMAINS:
+            with MDSWriter(out=str(root / 'data' / split / domain), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}) as writer:
+                for _ in range(count):
+                    writer.write({'tokens': rng.integers(3, 259, SEQ_LEN, dtype=np.uint16), 'domain': domain})
+    return root
+
+
+@pytest.mark.parametrize('yaml_path', YAMLS, ids=[f'{p.parent.name}/{p.stem}' for p in YAMLS])
+def test_yaml_builds(yaml_path, workspace, monkeypatch):
+    monkeypatch.chdir(workspace)
+    source = _source_key(yaml_path)
+    model_path = workspace / 'models' / (source or 'toy')
+    overrides = [
+        f'variables.model_path={model_path}', f'variables.data_local={workspace / "data"}',
+        f'save_folder={workspace / "runs" / yaml_path.stem}', f'max_seq_len={SEQ_LEN}',
+    ]
+    variables = om.load(yaml_path).get('variables', {})
+    if 'output_dir' in variables:
+        overrides.append(f'variables.output_dir={workspace / "runs" / yaml_path.stem}')
+    if source is None:
+        overrides.append(f'variables.domains=[{",".join(DOMAINS[:len(variables.domains)])}]')
+    train_config = check_train_config(load_train_config(yaml_path, overrides))
+
+    tokenizer = build_tokenizer(train_config.tokenizer['name'], train_config.tokenizer.get('kwargs', {}))
+    model_config = dict(train_config.model) | {'init_device': 'meta' if source else 'cpu', 'pretrained': not source}
+    model = build_composer_model(model_config.pop('name'), model_config, tokenizer)
+    if source:
+        assert next(model.parameters()).device == torch.device('meta')
+
+    for name, kwargs in (train_config.algorithms or {}).items():
+        algorithm = build_algorithm(name, kwargs)
+        assert isinstance(algorithm, Shearing)
+        l0_module = apply_shearing(model.model, None, **{k: v for k, v in algorithm.mask_config().items()})
+        assert l0_module.final_shape() == l0_module.source.with_target(kwargs['target'])
+
+    for name, kwargs in (train_config.callbacks or {}).items():
+        build_callback(name, kwargs, train_config)
+
+    device_batch_size = 2
+    train_loader = build_dataloader(train_config.train_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None}, tokenizer, device_batch_size)
+    batch = next(iter(train_loader.dataloader))
+    assert batch['input_ids'].shape == (device_batch_size, SEQ_LEN)
+    if train_config.eval_loader is not None:
+        build_dataloader(train_config.eval_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None}, tokenizer, device_batch_size)

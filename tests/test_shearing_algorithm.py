@@ -23,14 +23,14 @@ def _batches(num_samples: int) -> DataLoader:
     return DataLoader(samples, batch_size=4)
 
 
-def _trainer(algorithm: Shearing, microbatch_size: int, lr: float = 0.0, **kwargs) -> Trainer:
+def _trainer(algorithm: Shearing, microbatch_size: int, lr: float = 0.0, num_batches: int = 1, **kwargs) -> Trainer:
     torch.manual_seed(0)
     model = HuggingFaceModel(tiny_gqa_llama(), use_logits=True)
     return Trainer(
         model=model,
-        train_dataloader=_batches(4),
+        train_dataloader=_batches(4 * num_batches),
         optimizers=torch.optim.SGD(model.parameters(), lr=lr),
-        max_duration='1ba',
+        max_duration=f'{num_batches}ba',
         algorithms=[algorithm],
         device_train_microbatch_size=microbatch_size,
         seed=0,
@@ -69,7 +69,7 @@ def test_masks_join_the_optimizer_and_the_checkpointed_model():
 
 def test_log_alpha_is_clamped_after_each_batch_and_metrics_are_logged():
     algorithm = Shearing(TARGET, MODULES, lag_lr=100.0, lagrangian_warmup='4ba')
-    trainer = _trainer(algorithm, 4)
+    trainer = _trainer(algorithm, 4, num_batches=3)
     logged = {}
     trainer.logger.log_metrics = lambda metrics, step=None: logged.update(metrics)
     trainer.fit()
@@ -78,7 +78,8 @@ def test_log_alpha_is_clamped_after_each_batch_and_metrics_are_logged():
     for name in MODULES:
         for metric in ('expected_sparsity', 'target_sparsity', 'lambda_1', 'lambda_2'):
             assert f'shearing/{metric}/{name}' in logged
-    assert logged['shearing/target_sparsity/hidden'] == pytest.approx(0.25 * (1 - 24 / 32))
+    # Logged as used in the last batch (the third, index 2): 2/4 of the way through the warmup.
+    assert logged['shearing/target_sparsity/hidden'] == pytest.approx(0.5 * (1 - 24 / 32))
     assert 'shearing/expected_num_params' in logged and 'shearing/lagrangian' in logged
 
 

@@ -105,6 +105,8 @@ class Shearing(Algorithm):
         self.l0_module: L0Module | None = None
         self.hf_model: PreTrainedModel | None = None
         self._microbatch_index = 0
+        self._batch_metric_names: tuple[str, ...] = ()
+        self._batch_metric_values: torch.Tensor | None = None
 
     def mask_config(self) -> dict[str, Any]:
         """What shapes the masks: saved in checkpoints, where ``llmshearing export`` reads it back."""
@@ -159,12 +161,16 @@ class Shearing(Algorithm):
             self.l0_module.generator.manual_seed(self.mask_seed(state))
             self._microbatch_index += 1
         elif event == Event.AFTER_LOSS:
-            lagrangian = self.l0_module.lagrangian(self.warmup_progress(state))
+            progress = self.warmup_progress(state)
+            lagrangian = self.l0_module.lagrangian(progress)
             language_model_loss = state.loss['total'] if isinstance(state.loss, dict) else state.loss
             state.loss = {'total': language_model_loss + lagrangian, 'lm': language_model_loss, 'lagrangian': lagrangian}
+            # Here, right after the forward, FSDP still holds the masks unsharded.
+            metrics = self.metrics(progress)
+            self._batch_metric_names, self._batch_metric_values = tuple(metrics), torch.stack(list(metrics.values()))
         elif event == Event.BATCH_END:
             self.l0_module.constrain_parameters()
-            logger.log_metrics(self.metrics(state))
+            logger.log_metrics(dict(zip(self._batch_metric_names, self._batch_metric_values.tolist())))
         elif event == Event.FIT_END:
             self.export(state)
 
@@ -203,22 +209,21 @@ class Shearing(Algorithm):
         return state.timestamp.get(self.lagrangian_warmup.unit).value / self.lagrangian_warmup.value
 
     @torch.no_grad()
-    def metrics(self, state: State) -> dict[str, float]:
-        """Expected and target sparsity per constraint, expected parameters, multipliers, Lagrangian."""
+    def metrics(self, progress: float) -> dict[str, torch.Tensor]:
+        """Expected and target sparsity per constraint, expected parameters, multipliers and the Lagrangian."""
         l0_module = self.l0_module
-        progress = self.warmup_progress(state)
         metrics = {
-            'shearing/expected_num_params': l0_module.expected_num_params().item(),
-            'shearing/lagrangian': l0_module.lagrangian(progress).item(),
+            'shearing/expected_num_params': l0_module.expected_num_params(),
+            'shearing/lagrangian': l0_module.lagrangian(progress),
         }
         for name, sparsity in l0_module.expected_sparsities().items():
-            metrics[f'shearing/expected_sparsity/{name}'] = sparsity.item()
+            metrics[f'shearing/expected_sparsity/{name}'] = sparsity
         for name, sparsity in l0_module.target_sparsities(progress).items():
-            metrics[f'shearing/target_sparsity/{name}'] = sparsity
+            metrics[f'shearing/target_sparsity/{name}'] = torch.tensor(sparsity, device=l0_module.device)
         for name, lambdas in l0_module.lambdas.items():
-            metrics[f'shearing/lambda_1/{name}'] = lambdas[0].item()
-            metrics[f'shearing/lambda_2/{name}'] = lambdas[1].item()
-        return metrics
+            metrics[f'shearing/lambda_1/{name}'] = lambdas[0]
+            metrics[f'shearing/lambda_2/{name}'] = lambdas[1]
+        return {name: value.float() for name, value in metrics.items()}
 
     @staticmethod
     def _check_parallelism(state: State) -> None:

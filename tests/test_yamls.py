@@ -19,7 +19,7 @@ from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.toy import byte_level_tokenizer, save_toy_model
 
 REPO = Path(__file__).resolve().parents[1]
-YAMLS = sorted((REPO / 'yamls').glob('*/*.yaml'))
+YAMLS = sorted(path for path in (REPO / 'yamls').glob('*/*.yaml') if path.parent.name != 'launch')
 DOMAINS = ['cc', 'github', 'book', 'stackexchange', 'wiki', 'arxiv', 'c4-rp']
 SEQ_LEN = 32
 
@@ -41,6 +41,12 @@ SOURCES = {
     'llama2_1.3b': dict(model_type='llama', hidden_size=2048, num_attention_heads=16, num_hidden_layers=24, intermediate_size=5504, vocab_size=32000),
     'llama2_370m': dict(model_type='llama', hidden_size=1024, num_attention_heads=8, num_hidden_layers=24, intermediate_size=2816, vocab_size=32000),
 }
+
+
+def test_launch_yamls_parse_and_run_a_recipe():
+    for path in (REPO / 'yamls' / 'launch').glob('*.yaml'):
+        recipe = next(word for word in om.load(path).command.split() if word.startswith('yamls/'))
+        assert (REPO / recipe).is_file(), f'{path.name} runs {recipe}, which does not exist'
 
 
 def _source_key(yaml_path: Path) -> str | None:

@@ -20,6 +20,7 @@ setup(
         'safetensors',
         'sentencepiece',
         'tqdm',
+        'matplotlib',
         'scipy',
         'zstandard',
         'setuptools<80',  # llm-foundry imports pkg_resources

@@ -1,64 +1,354 @@
-"""``llmshearing demo``: the whole pruning pipeline on a toy model and text already on this machine.
+"""``llmshearing demo``: the whole Sheared-LLaMA pipeline on one CPU, offline, on text already on this machine.
 
-Offline: the corpus is the Python standard library's own source, the tokenizer is byte-level, and the
-source model is a small random Llama.
+1. A corpus of three domains: ``code`` (the Python standard library's modules), ``reference`` (the language
+   reference that ships with the standard library in ``pydoc_data``) and ``docs`` (the long descriptions of
+   the installed packages), prepared as MDS shards with a byte-level tokenizer.
+2. A small Llama pre-trained on it from scratch (``yamls/tiny/source.yaml``).
+3. The source pruned to a smaller shape with dynamic batch loading (``yamls/tiny/pruning.yaml``), which writes
+   the pruned model when it ends.
+4. Continued pre-training of the pruned model (``yamls/tiny/continued_pretraining.yaml``).
+5. Per-domain eval losses of the three models, and a report folder with a summary and plots.
+
+Both dynamic-loading stages take the source model's per-domain eval losses as reference losses.
 """
 
 from __future__ import annotations
 
 import argparse
+import email
+import json
 import logging
+import random
+import shlex
 import sysconfig
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+import pydoc_data.topics
+import torch
 from tqdm import tqdm
 
-from llmshearing.toy import byte_level_tokenizer, save_toy_model, write_token_shards
+from llmshearing import report
+from llmshearing.data.prepare import prepare_data
+from llmshearing.data.reference_loss import evaluate_domain_losses
+from llmshearing.pruning.export import masked_model_from_checkpoint
+from llmshearing.toy import byte_level_tokenizer, llama_config
 
 log = logging.getLogger(__name__)
 
-REPO_YAMLS = Path(__file__).resolve().parents[1] / 'yamls'
+REPO = Path(__file__).resolve().parents[1]
+DOMAINS = ('code', 'reference', 'docs')
 SEQ_LEN = 64
+EVAL_BATCH_SIZE = 8
+FILES_PER_DOMAIN = 4
+MAX_DOCUMENT_CHARACTERS = 20_000
+MIN_CHARACTERS_PER_DOMAIN = 200_000
+MIN_README_CHARACTERS = 1_000
+CORPUS_SEED = 0
+TORCH_THREADS = 1
+"""The toy models' matrices are too small to gain from a second thread; on a busy machine a second thread that
+waits for a core makes every operation several times slower."""
+FINAL_MODEL = Path('huggingface') / 'final'
 
 
-def stdlib_token_samples(max_files: int, seq_len: int = SEQ_LEN) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Token samples of the standard library's ``.py`` files: every tenth file goes to eval."""
-    tokenizer = byte_level_tokenizer()
-    files = sorted(Path(sysconfig.get_paths()['stdlib']).glob('*.py'))[:max_files]
-    train, evaluation = [], []
-    for index, path in enumerate(tqdm(files, desc='tokenising the standard library', unit='file')):
-        ids = [tokenizer.bos_token_id, *tokenizer(path.read_text(errors='replace'))['input_ids'], tokenizer.eos_token_id]
-        samples = [np.asarray(ids[start:start + seq_len]) for start in range(0, len(ids) - seq_len + 1, seq_len)]
-        (evaluation if index % 10 == 0 else train).extend(samples)
-    return train, evaluation
+@dataclass(frozen=True)
+class DemoSettings:
+    """How much text and how many training batches one demo run uses."""
+
+    max_characters_per_domain: int
+    eval_samples: int
+    source_batches: int
+    pruning_batches: int
+    continued_batches: int
+    evaluations_per_stage: int
+
+
+QUICK = DemoSettings(
+    max_characters_per_domain=MIN_CHARACTERS_PER_DOMAIN,
+    eval_samples=32,
+    source_batches=240,
+    pruning_batches=60,
+    continued_batches=60,
+    evaluations_per_stage=4,
+)
+FULL = DemoSettings(
+    max_characters_per_domain=1_000_000,
+    eval_samples=128,
+    source_batches=2000,
+    pruning_batches=600,
+    continued_batches=600,
+    evaluations_per_stage=10,
+)
+
+
+def standard_library() -> Path:
+    """The running interpreter's standard library folder."""
+    return Path(sysconfig.get_paths()['stdlib'])
+
+
+def site_packages() -> Path:
+    """The running interpreter's site-packages folder."""
+    return Path(sysconfig.get_paths()['purelib'])
+
+
+def code_documents() -> Iterator[str]:
+    """The standard library's top-level ``.py`` modules."""
+    for path in sorted(standard_library().glob('*.py')):
+        yield path.read_text(encoding='utf-8', errors='replace')
+
+
+def reference_documents() -> Iterator[str]:
+    """The topics of the language reference that ships with the standard library (``pydoc_data.topics``)."""
+    for topic in sorted(pydoc_data.topics.topics):
+        yield pydoc_data.topics.topics[topic]
+
+
+def docs_documents() -> Iterator[str]:
+    """The long descriptions (READMEs) in the ``*.dist-info/METADATA`` of the installed packages."""
+    for path in sorted(site_packages().glob('*.dist-info/METADATA')):
+        metadata = email.message_from_string(path.read_text(encoding='utf-8', errors='replace'))
+        description = metadata.get_payload() or metadata.get('Description') or ''
+        if len(description) >= MIN_README_CHARACTERS:
+            yield description
+
+
+@dataclass(frozen=True)
+class CorpusDomain:
+    """A domain of the demo corpus: where its text comes from and how to read it."""
+
+    name: str
+    origin: str
+    documents: Callable[[], Iterator[str]]
+
+
+CORPUS = (
+    CorpusDomain('code', f'the .py modules of the standard library in {standard_library()}', code_documents),
+    CorpusDomain('reference', 'the language reference in pydoc_data.topics', reference_documents),
+    CorpusDomain('docs', f'package READMEs in {site_packages()}/*.dist-info/METADATA', docs_documents),
+)
+
+
+def domain_texts(domain: CorpusDomain, max_characters: int) -> list[str]:
+    """The domain's documents in a fixed shuffled order, each cut to ``MAX_DOCUMENT_CHARACTERS``, until about
+    ``max_characters``. Raises ``ValueError`` if this machine has less than ``MIN_CHARACTERS_PER_DOMAIN`` of them."""
+    documents = [text[:MAX_DOCUMENT_CHARACTERS] for text in domain.documents() if text.strip()]
+    random.Random(CORPUS_SEED).shuffle(documents)
+    available = sum(len(text) for text in documents)
+    if available < MIN_CHARACTERS_PER_DOMAIN:
+        raise ValueError(
+            f'demo corpus: domain {domain.name!r} ({domain.origin}) has {available} characters of text on this '
+            f'machine; the demo needs at least {MIN_CHARACTERS_PER_DOMAIN}'
+        )
+    texts, total = [], 0
+    for text in documents:
+        if total >= max_characters:
+            break
+        texts.append(text)
+        total += len(text)
+    return texts
+
+
+def write_domain_jsonl(folder: Path, texts: Sequence[str], num_files: int) -> None:
+    """Write ``texts`` as ``{"text": ...}`` lines in order over ``num_files`` files of about equal size."""
+    folder.mkdir(parents=True)
+    total = sum(len(text) for text in texts)
+    files = [(folder / f'part-{index}.jsonl').open('w', encoding='utf-8') for index in range(num_files)]
+    try:
+        start = 0
+        for text in texts:
+            files[min(start * num_files // total, num_files - 1)].write(json.dumps({'text': text}) + '\n')
+            start += len(text)
+    finally:
+        for file in files:
+            file.close()
+
+
+def write_corpus(corpus_dir: Path, max_characters_per_domain: int) -> None:
+    """Write every domain of ``CORPUS`` as ``corpus_dir/<domain>/part-N.jsonl``."""
+    for domain in tqdm(CORPUS, desc='demo corpus', unit='domain'):
+        texts = domain_texts(domain, max_characters_per_domain)
+        write_domain_jsonl(corpus_dir / domain.name, texts, FILES_PER_DOMAIN)
+        characters = sum(len(text) for text in texts)
+        log.info('domain %r: %d documents, %d characters, from %s', domain.name, len(texts), characters, domain.origin)
+
+
+@dataclass(frozen=True)
+class TrainingStage:
+    """One run of a tiny recipe: it trains ``model_path`` on ``data_dir`` for ``batches``, evaluating at the start
+    and ``evaluations`` times after, saving one checkpoint at the end and its model to ``final_model``."""
+
+    name: str
+    yaml_name: str
+    model_path: Path
+    data_dir: Path
+    output_dir: Path
+    batches: int
+    evaluations: int
+    extra_overrides: tuple[str, ...] = ()
+
+    @property
+    def yaml(self) -> Path:
+        return REPO / 'yamls' / 'tiny' / self.yaml_name
+
+    @property
+    def overrides(self) -> list[str]:
+        return [
+            f'variables.model_path={self.model_path}',
+            f'variables.data_local={self.data_dir}',
+            f'variables.output_dir={self.output_dir}',
+            f'max_duration={self.batches}ba',
+            f'eval_interval={max(self.batches // self.evaluations, 1)}ba',
+            'eval_first=true',
+            f'save_interval={self.batches}ba',
+            *self.extra_overrides,
+        ]
+
+    @property
+    def final_model(self) -> Path:
+        return self.output_dir / FINAL_MODEL
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.output_dir / 'metrics.jsonl'
+
+    @property
+    def losses_file(self) -> Path:
+        return self.output_dir / 'losses.json'
+
+    @property
+    def commands(self) -> list[str]:
+        """The training and the evaluation as commands (training from the repository root)."""
+        return [
+            shlex.join(['composer', 'train.py', str(self.yaml.relative_to(REPO)), *self.overrides]),
+            shlex.join([
+                'llmshearing', 'reference-loss', 'eval', str(self.final_model), str(self.data_dir), '--out',
+                str(self.losses_file), '--domains', ','.join(DOMAINS), '--batch-size', str(EVAL_BATCH_SIZE),
+            ]),
+        ]
+
+    def run(self) -> dict[str, Any]:
+        """Check the config as ``train.py`` does, train, then write the final model's per-domain eval losses to
+        ``losses_file`` and return them."""
+        from llmfoundry.command_utils import train
+
+        from llmshearing.preflight import check_train_config, load_train_config
+
+        config = load_train_config(self.yaml, self.overrides)
+        check_train_config(config)
+        train(config).close()
+        losses = evaluate_domain_losses(self.final_model, self.data_dir, DOMAINS, batch_size=EVAL_BATCH_SIZE)
+        self.losses_file.write_text(json.dumps(losses, indent=2) + '\n')
+        return losses
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run torch operations on ``count`` threads inside the block."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def reference_override(losses: dict[str, float]) -> str:
+    """``callbacks.dynamic_loading.reference=[...]``: ``losses`` in the order of ``DOMAINS``."""
+    return 'callbacks.dynamic_loading.reference=[' + ','.join(f'{losses[domain]:.6f}' for domain in DOMAINS) + ']'
 
 
 def run_demo(output_dir: str | Path, quick: bool = False) -> Path:
-    """Build data and a toy source model, prune it with the tiny recipe, export the result."""
-    from llmfoundry.command_utils import train_from_yaml
-
-    from llmshearing.pruning.export import export
-
+    """Run every stage into ``output_dir`` (which must be new or empty); return the report folder."""
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f'output folder {output_dir} is not empty; choose another with --output')
-    train, evaluation = stdlib_token_samples(max_files=40 if quick else 200)
-    write_token_shards(output_dir / 'data' / 'train', train)
-    write_token_shards(output_dir / 'data' / 'eval', evaluation)
-    source = save_toy_model(output_dir / 'source')
-    overrides = [
-        f'variables.model_path={source}',
-        f'variables.data_local={output_dir / "data"}',
-        f'save_folder={output_dir / "pruning" / "checkpoints"}',
-        f'max_duration={24 if quick else 200}ba',
-    ]
-    train_from_yaml(str(REPO_YAMLS / 'tiny' / 'pruning.yaml'), overrides)
-    return export(output_dir / 'pruning' / 'checkpoints', output_dir / 'pruned', dtype='fp32')
+    if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
+        raise FileExistsError(f'output folder {output_dir} exists and is not empty; choose another with --output')
+    output_dir = output_dir.resolve()
+    command = shlex.join(['llmshearing', 'demo', *(['--quick'] if quick else []), '--output', str(output_dir)])
+    with torch_threads(TORCH_THREADS):
+        return run_stages(output_dir, QUICK if quick else FULL, command)
+
+
+def run_stages(output_dir: Path, settings: DemoSettings, command: str) -> Path:
+    """The demo's stages, into ``output_dir``; ``command`` is how the report says it was run."""
+    started = time.monotonic()
+    corpus_dir, data_dir, tokenizer_dir = output_dir / 'corpus', output_dir / 'data', output_dir / 'tokenizer'
+    evaluations = settings.evaluations_per_stage
+
+    log.info(
+        '[1/5] corpus: %s, at most about %d characters each, prepared as MDS',
+        ', '.join(DOMAINS), settings.max_characters_per_domain,
+    )
+    write_corpus(corpus_dir, settings.max_characters_per_domain)
+    tokenizer = byte_level_tokenizer()
+    tokenizer.save_pretrained(tokenizer_dir)
+    prepare_data(corpus_dir, data_dir, tokenizer_dir, SEQ_LEN, eval_samples=settings.eval_samples, domains=DOMAINS)
+    prepare_command = shlex.join([
+        'llmshearing', 'prepare-data', str(corpus_dir), str(data_dir), '--tokenizer', str(tokenizer_dir),
+        '--seq-len', str(SEQ_LEN), '--eval-samples', str(settings.eval_samples), '--domains', ','.join(DOMAINS),
+    ])
+
+    init_dir = output_dir / 'source' / 'init'
+    llama_config(len(tokenizer)).save_pretrained(init_dir)
+    tokenizer.save_pretrained(init_dir)
+    source = TrainingStage(
+        'source', 'source.yaml', init_dir, data_dir, output_dir / 'source', settings.source_batches, evaluations,
+    )
+    log.info('[2/5] source model: pre-training from scratch for %d batches', source.batches)
+    source_losses = source.run()
+
+    # Both dynamic-loading stages aim at the source model's per-domain losses.
+    reference = reference_override(source_losses['losses'])
+    pruning_dir = output_dir / 'pruning'
+    pruning = TrainingStage(
+        'pruning', 'pruning.yaml', source.final_model, data_dir, pruning_dir, settings.pruning_batches, evaluations,
+        (
+            f'algorithms.shearing.lagrangian_warmup={max(settings.pruning_batches // 3, 1)}ba',
+            f'algorithms.shearing.export_dir={pruning_dir / FINAL_MODEL}',
+            'algorithms.shearing.export_dtype=fp32',
+            reference,
+        ),
+    )
+    log.info('[3/5] pruning with dynamic batch loading for %d batches', pruning.batches)
+    pruned_losses = pruning.run()
+
+    continued = TrainingStage(
+        'continued pre-training', 'continued_pretraining.yaml', pruning.final_model, data_dir,
+        output_dir / 'continued_pretraining', settings.continued_batches, evaluations, (reference,),
+    )
+    log.info('[4/5] continued pre-training with dynamic batch loading for %d batches', continued.batches)
+    continued_losses = continued.run()
+
+    log.info('[5/5] report')
+    masked_model, _ = masked_model_from_checkpoint(pruning_dir / 'checkpoints')
+    stages = (source, pruning, continued)
+    report_dir = report.write_report(
+        output_dir / 'report',
+        corpus={domain.name: domain.origin for domain in CORPUS},
+        models=[
+            report.ModelSummary.from_evaluation('source', source_losses),
+            report.ModelSummary.from_evaluation('pruned', pruned_losses),
+            report.ModelSummary.from_evaluation('continued', continued_losses),
+        ],
+        stages=[report.StageMetrics.from_log(stage.name, stage.metrics_file) for stage in stages],
+        masks=masked_model.l0_module.deterministic_masks(),
+        commands=[command, prepare_command, *(line for stage in stages for line in stage.commands)],
+        wall_seconds=time.monotonic() - started,
+    )
+    log.info('demo finished in %.0f s; report: %s', time.monotonic() - started, report_dir / 'README.md')
+    return report_dir
 
 
 def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser('demo', help='Run the pruning pipeline end to end on a toy model, offline')
-    parser.add_argument('--output', default='outputs/demo', help='folder for data, checkpoints and the pruned model')
-    parser.add_argument('--quick', action='store_true', help='a shorter run (a couple of minutes on 2 cores)')
+    parser = subparsers.add_parser(
+        'demo',
+        help='Run the whole pipeline (corpus, source model, pruning, continued pre-training, report) on a CPU, offline',
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('--output', default='outputs/demo', help='a new or empty folder for all the demo writes')
+    parser.add_argument('--quick', action='store_true', help='less text, fewer batches: one to two minutes on 2 cores')
     parser.set_defaults(run=lambda args: run_demo(args.output, args.quick))

@@ -250,17 +250,23 @@ def test_state_round_trips():
 
 @pytest.fixture(scope='module')
 def training_runs(data, tmp_path_factory) -> Path:
-    """The tiny YAML for 8 batches, evaluated first and every 4; then again resumed from its batch-4 checkpoint."""
+    """The tiny continued pre-training YAML for 8 batches, evaluated first and every 4; then again resumed from
+    its batch-4 checkpoint."""
     root = tmp_path_factory.mktemp('runs')
     source = save_toy_model(root / 'source')
     settings = [
         f'variables.model_path={source}', f'variables.data_local={data}', 'max_duration=8ba', 'eval_interval=4ba',
         'save_interval=4ba', 'callbacks.dynamic_loading.reference=[4.0,4.0,4.0]',
+        f'variables.domains=[{",".join(DOMAINS)}]', f'train_loader.dataset.proportions=[{",".join(map(str, INITIAL))}]',
     ]
-    train_from_yaml(str(REPO / 'yamls/tiny/dynamic_loading.yaml'), settings + [f'save_folder={root / "uninterrupted"}']).close()
+    recipe = str(REPO / 'yamls/tiny/continued_pretraining.yaml')
+    train_from_yaml(recipe, settings + [f'variables.output_dir={root / "uninterrupted"}']).close()
     train_from_yaml(
-        str(REPO / 'yamls/tiny/dynamic_loading.yaml'),
-        settings + [f'save_folder={root / "resumed"}', f'load_path={root / "uninterrupted" / "ep0-ba4-rank0.pt"}'],
+        recipe,
+        settings + [
+            f'variables.output_dir={root / "resumed"}',
+            f'load_path={root / "uninterrupted" / "checkpoints" / "ep0-ba4-rank0.pt"}',
+        ],
     ).close()
     return root
 
@@ -270,7 +276,7 @@ def load_state(path: Path) -> dict:
 
 
 def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
-    state = load_state(training_runs / 'uninterrupted' / 'ep0-ba8-rank0.pt')
+    state = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')
     schedule = state['dataset_state']['train']['schedule']
     assert [start for start, _ in schedule] == [0, 0, 4 * 4, 8 * 4]
     assert state['callbacks']['DynamicLoading'] == {'references': [4.0, 4.0, 4.0], 'proportions': schedule[-1][1]}
@@ -279,8 +285,8 @@ def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(training_runs):
-    uninterrupted = load_state(training_runs / 'uninterrupted' / 'ep0-ba8-rank0.pt')
-    resumed = load_state(training_runs / 'resumed' / 'ep0-ba8-rank0.pt')
+    uninterrupted = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')
+    resumed = load_state(training_runs / 'resumed' / 'checkpoints' / 'ep0-ba8-rank0.pt')
     assert resumed['dataset_state'] == uninterrupted['dataset_state']
     assert resumed['callbacks']['DynamicLoading'] == uninterrupted['callbacks']['DynamicLoading']
     assert resumed['model'].keys() == uninterrupted['model'].keys()

@@ -1,6 +1,6 @@
-"""Invariant 4 on the tiny pruning recipe: a run killed and restarted with autoresume equals the
-uninterrupted run bit for bit; and two ranks (gloo, CPU) agree on masks, multipliers and domain weights
-while reading disjoint samples."""
+"""Invariant 4 on the tiny recipes: a pruning or continued pre-training run killed and restarted with
+autoresume equals the uninterrupted run bit for bit; and two ranks (gloo, CPU) agree on masks, multipliers
+and domain weights while reading disjoint samples."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from llmshearing.toy import save_toy_model, write_random_domain_data
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
+TINY_CONTINUED_PRETRAINING = REPO / 'yamls' / 'tiny' / 'continued_pretraining.yaml'
 DOMAINS = ['code', 'reference', 'docs']
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,9 @@ def assets(tmp_path_factory) -> Path:
     return root
 
 
-def _command(assets: Path, output_dir: Path, *extra: str) -> list[str]:
+def _command(assets: Path, output_dir: Path, *extra: str, recipe: Path = TINY_PRUNING) -> list[str]:
     return [
-        sys.executable, str(REPO / 'train.py'), str(TINY_PRUNING),
+        sys.executable, str(REPO / 'train.py'), str(recipe),
         f'variables.model_path={assets / "source"}', f'variables.data_local={assets / "data"}',
         f'variables.output_dir={output_dir}', 'max_duration=16ba', 'eval_interval=4ba', 'save_interval=4ba',
         *extra,
@@ -56,12 +57,21 @@ def _last_value_per_batch(output_dir: Path, name: str) -> dict[int, float]:
     return dict(read_metrics(output_dir / 'metrics.jsonl')[name])
 
 
-def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets):
-    uninterrupted = assets / 'uninterrupted'
-    _run(_command(assets, uninterrupted), assets)
+@pytest.mark.parametrize(
+    ('recipe', 'metrics'),
+    [
+        (TINY_PRUNING, ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
+        (TINY_CONTINUED_PRETRAINING, ('loss/train/total', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
+    ],
+    ids=['pruning', 'continued_pretraining'],
+)
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, metrics):
+    uninterrupted = assets / recipe.stem / 'uninterrupted'
+    _run(_command(assets, uninterrupted, recipe=recipe), assets)
 
-    interrupted = assets / 'interrupted'
-    process = subprocess.Popen(_command(assets, interrupted), cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    interrupted = assets / recipe.stem / 'interrupted'
+    command = _command(assets, interrupted, recipe=recipe)
+    process = subprocess.Popen(command, cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     latest = interrupted / 'checkpoints' / 'latest-rank0.pt'
     deadline = time.monotonic() + 300
     while not (latest.is_symlink() and os.readlink(latest).endswith('-ba8-rank0.pt')):
@@ -71,17 +81,17 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not list((interrupted / 'checkpoints').glob('*-ba16-rank0.pt'))
-    _run(_command(assets, interrupted), assets)
+    _run(command, assets)
 
     expected, resumed = _final_state(uninterrupted), _final_state(interrupted)
     assert expected['model'].keys() == resumed['model'].keys()
     for name, tensor in expected['model'].items():
         assert torch.equal(tensor, resumed['model'][name]), name
-    assert any('l0_module.masks' in name for name in expected['model'])
+    assert any('l0_module.masks' in name for name in expected['model']) == (recipe == TINY_PRUNING)
     assert expected['callbacks']['DynamicLoading'] == resumed['callbacks']['DynamicLoading']
     assert expected['algorithms'] == resumed['algorithms']
     assert expected['dataset_state'] == resumed['dataset_state']
-    for metric in ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code'):
+    for metric in metrics:
         expected_series = _last_value_per_batch(uninterrupted, metric)
         assert len(expected_series) >= 4, metric
         assert expected_series == _last_value_per_batch(interrupted, metric), metric

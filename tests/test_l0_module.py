@@ -168,3 +168,39 @@ def test_multi_head_source_keeps_kv_heads_with_heads():
     assert MHA.with_target({'num_attention_heads': 2}).num_key_value_heads == 2
     assert GQA.with_target({'num_attention_heads': 4}).num_key_value_heads == 2
     assert math.isclose(L0Module(MHA, ['head'], {'num_attention_heads': 2}).target_sparsities(1.0)['head'], 0.5)
+
+
+def _mask_gradients(model, input_ids) -> dict[str, torch.Tensor]:
+    l0_module = model.l0_module
+    l0_module.generator = torch.Generator().manual_seed(0)
+    model.train()
+    loss = model(input_ids=input_ids, labels=input_ids).loss + l0_module.lagrangian(1.0)
+    loss.backward()
+    return {name: mask.log_alpha.grad.clone() for name, mask in l0_module.masks.items()}
+
+
+def test_activation_checkpointing_keeps_the_mask_gradients():
+    target, modules = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}, ['head', 'intermediate', 'hidden']
+    input_ids = torch.randint(0, VOCAB_SIZE, (2, 12))
+    plain = FAMILIES['llama3_gqa']()
+    checkpointed = FAMILIES['llama3_gqa']()
+    checkpointed.load_state_dict(plain.state_dict())
+    attach_masks(plain, target, modules)
+    attach_masks(checkpointed, target, modules)
+    checkpointed.l0_module.load_state_dict(plain.l0_module.state_dict())
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
+    expected, recomputed = _mask_gradients(plain, input_ids), _mask_gradients(checkpointed, input_ids)
+    for name in modules:
+        assert expected[name].abs().sum() > 0
+        torch.testing.assert_close(recomputed[name], expected[name], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_weights_run_with_fp32_masks():
+    model = FAMILIES['qwen2']().to(torch.bfloat16)
+    l0_module = attach_masks(model, {'hidden_size': 24, 'num_attention_heads': 2, 'intermediate_size': 32}, ['head', 'intermediate', 'hidden'])
+    assert l0_module.masks['hidden'].log_alpha.dtype == torch.float32
+    gradients = _mask_gradients(model, torch.randint(0, VOCAB_SIZE, (2, 12)))
+    assert all(torch.isfinite(gradient).all() and gradient.abs().sum() > 0 for gradient in gradients.values())
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.randint(0, VOCAB_SIZE, (1, 8))).logits.dtype == torch.bfloat16

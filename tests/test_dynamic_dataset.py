@@ -172,7 +172,7 @@ def test_two_ranks_read_disjoint_halves_of_the_one_rank_sequence(data, tmp_path)
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     ranks = [
-        multiprocessing.get_context('fork').Process(target=read_as_rank, args=(rank, port, data, tmp_path / f'rank{rank}.json'))
+        multiprocessing.get_context('spawn').Process(target=read_as_rank, args=(rank, port, data, tmp_path / f'rank{rank}.json'))
         for rank in range(2)
     ]
     for process in ranks:

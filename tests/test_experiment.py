@@ -1,0 +1,68 @@
+"""The shearing-vs-scratch experiment (``scripts/experiments/shearing_vs_scratch.py``), in a setting smaller than
+``--quick`` and with one seed, runs every stage on the shared RedPajama sample and reports only finite numbers."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / 'scripts' / 'experiments' / 'shearing_vs_scratch.py'
+SHARED = REPO.parent / 'shared'
+NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (SHARED / 'data' / 'redpajama-sample').is_dir() or not (SHARED / 'tokenizers' / 'mistral-7b-v0.1').is_dir(),
+        reason='needs ../shared/data/redpajama-sample and ../shared/tokenizers/mistral-7b-v0.1',
+    ),
+]
+
+
+def load_experiment() -> ModuleType:
+    """The experiment script as a module (registered, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location('shearing_vs_scratch', SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
+    experiment = load_experiment()
+    smallest = dataclasses.replace(
+        experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, pruning_batches=4,
+        continued_batches=4, evaluations_per_stage=1,
+    )
+    experiment.run_experiment(tmp_path / 'run', smallest, [1], 'test_experiment')
+
+    report_dir = tmp_path / 'run' / 'report'
+    results = json.loads((report_dir / 'results.json').read_text())
+    stage_names = [stage['name'] for stage in results['stages']]
+    assert stage_names == [
+        'prepare data', 'source', 'pruning (doremi, seed 1)', 'continued pre-training (doremi, seed 1)',
+        'pruning (constant, seed 1)', 'continued pre-training (constant, seed 1)', 'scratch (seed 1)',
+    ]
+    assert set(results['models']) == set(experiment.MODELS)
+    for name, runs in results['models'].items():
+        assert len(runs) == 1, name
+        assert set(runs[0]['losses']) == set(experiment.DOMAINS), name
+        assert all(math.isfinite(loss) for loss in [*runs[0]['losses'].values(), runs[0]['mean_loss']]), name
+    for name, runs in results['curves'].items():
+        assert runs and all(math.isfinite(value) for tokens, losses in runs for value in [*tokens, *losses]), name
+    for stage in ('pruning', 'continued_pretraining'):
+        assert (tmp_path / 'run' / 'seed_1' / 'doremi' / stage / 'huggingface' / 'final' / 'config.json').is_file()
+
+    markdown = (report_dir / 'README.md').read_text()
+    numbers = NUMBER.findall(markdown)
+    assert numbers and all(math.isfinite(float(number)) for number in numbers)
+    assert all((report_dir / name).stat().st_size > 0 for name in ('loss_against_tokens.png', 'domain_weights.png'))

@@ -214,7 +214,8 @@ def plot_kept_structures(masks: StructureMasks) -> Figure:
     return figure
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
+    """The lines of a markdown table."""
     lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
     return lines + ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
 
@@ -240,7 +241,7 @@ def render_readme(
         '',
         '## Models',
         '',
-        *_table(
+        *markdown_table(
             ['model', *SHAPE_HEADERS.values(), 'parameters', 'non-embedding parameters', 'folder'],
             [
                 [model.name, *(model.shape[field] for field in SHAPE_HEADERS), f'{model.parameters:,}',
@@ -255,7 +256,7 @@ def render_readme(
         'continued pre-training. Eval tokens per domain: '
         + ', '.join(f'{domain} {models[0].tokens[domain]:,}' for domain in domains) + '.',
         '',
-        *_table(
+        *markdown_table(
             ['model', *domains, 'all domains'],
             [
                 [model.name, *(f'{model.losses[domain]:.4f}' for domain in domains), f'{model.mean_loss:.4f}']
@@ -265,7 +266,7 @@ def render_readme(
         '',
         '## Training stages',
         '',
-        *_table(
+        *markdown_table(
             ['stage', 'batches', *(f'final weight: {domain}' for domain in domains)],
             [
                 [stage.name, stage.batches, *(f'{stage.final(PROPORTION_PREFIX + domain):.3f}' for domain in domains)]
@@ -275,7 +276,7 @@ def render_readme(
         '',
         '## Kept per layer by the final masks',
         '',
-        *_table(
+        *markdown_table(
             ['layer', 'kept', 'attention heads', 'MLP channels'],
             [
                 [layer.layer, 'yes' if layer.kept else 'no', layer.heads, layer.channels]

@@ -40,8 +40,8 @@ def load_experiment() -> ModuleType:
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
     experiment = load_experiment()
     smallest = dataclasses.replace(
-        experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, pruning_batches=4,
-        continued_batches=4, evaluations_per_stage=1,
+        experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, source_evaluations=2,
+        pruning_batches=4, continued_batches=4, evaluations_per_stage=1,
     )
     experiment.run_experiment(tmp_path / 'run', smallest, [1], 'test_experiment')
 
@@ -57,6 +57,10 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
         assert len(runs) == 1, name
         assert set(runs[0]['losses']) == set(experiment.DOMAINS), name
         assert all(math.isfinite(loss) for loss in [*runs[0]['losses'].values(), runs[0]['mean_loss']]), name
+    assert sum(results['mix'].values()) == pytest.approx(1, abs=1e-9)
+    assert list(results['mix']) == list(experiment.DOMAINS) and all(share > 0 for share in results['mix'].values())
+    source_tokens, source_losses = results['source_curve']
+    assert source_tokens == [0, 4 * 8 * 32, 8 * 8 * 32] and all(map(math.isfinite, source_losses))
     for name, runs in results['curves'].items():
         assert runs and all(math.isfinite(value) for tokens, losses in runs for value in [*tokens, *losses]), name
     for stage in ('pruning', 'continued_pretraining'):
@@ -65,4 +69,4 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
     markdown = (report_dir / 'README.md').read_text()
     numbers = NUMBER.findall(markdown)
     assert numbers and all(math.isfinite(float(number)) for number in numbers)
-    assert all((report_dir / name).stat().st_size > 0 for name in ('loss_against_tokens.png', 'domain_weights.png'))
+    assert all((report_dir / name).stat().st_size > 0 for name in ('loss_against_tokens.png', 'domain_weights.png', 'source_loss.png'))

@@ -2,7 +2,9 @@
 
 On the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer:
 
-1. pre-train a source Llama S on the training split (``yamls/tiny/source.yaml``, the paper's initial domain mix);
+1. pre-train a source Llama S on the training split for over an epoch, with a cosine schedule, so that its eval loss
+   levels off (the report says how far it still fell over its last quarter) (``yamls/tiny/source.yaml``; the natural
+   domain mix: each domain in proportion to its training tokens, so an epoch reads every domain once);
 2. per seed, prune S to the target shape T (about half of S's non-embedding parameters; layers, heads, MLP
    channels and hidden width) with dynamic batch loading (``doremi``, reference: S's per-domain eval losses),
    export it and continue pre-training it for B batches (``yamls/tiny/pruning.yaml``,
@@ -15,9 +17,10 @@ On the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer:
 
 S: hidden 128, 4 heads of 32, MLP 512, 4 layers (1.05 M non-embedding parameters); T: hidden 112, 3 heads of 32,
 MLP 384, 3 layers (0.52 M, 49 %). The 32000-token vocabulary makes the embeddings and the LM head (8.2 M
-parameters in S) the larger part of the compute.
+parameters in S) the larger part of the compute. Every run starts from the natural mix; scratch and the constant
+ablation keep it.
 
-    .venv/bin/python scripts/experiments/shearing_vs_scratch.py [--quick] [--output DIR] [--seeds 1 2]
+    .venv/bin/python scripts/experiments/shearing_vs_scratch.py [--quick] [--output DIR] [--seeds 1 2] [--threads 2]
 """
 
 from __future__ import annotations
@@ -53,13 +56,10 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / 'shared' / 'data' / 'redpajama-sample'
 TOKENIZER = REPO.parent / 'shared' / 'tokenizers' / 'mistral-7b-v0.1' / 'tokenizer.model'
 DOMAINS = ('cc', 'github', 'book', 'stackexchange', 'wiki', 'arxiv', 'c4-rp')
-INITIAL_PROPORTIONS = (0.67, 0.045, 0.045, 0.02, 0.045, 0.025, 0.15)
 SOURCE_SEED = 17
 SOURCE_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512, num_hidden_layers=4, head_dim=32)
 TARGET_SHAPE = dict(hidden_size=112, num_attention_heads=3, num_key_value_heads=3, intermediate_size=384, num_hidden_layers=3)
 EVAL_BATCH_SIZE = 16
-TORCH_THREADS = 1
-"""The models' matrices are too small to gain from a second thread on a shared 2-core machine."""
 FINAL_MODEL = Path('huggingface') / 'final'
 MODELS = {
     'source': 'S, the source',
@@ -73,16 +73,23 @@ MODELS = {
 
 @dataclass(frozen=True)
 class Settings:
-    """How much data and how many training batches (of ``batch_size`` × ``seq_len`` tokens) one run uses."""
+    """How much data and how many training batches (of ``batch_size`` × ``seq_len`` tokens) one run uses.
+
+    The source stage evaluates ``source_evaluations`` times (its curve shows where the loss levels off), every other
+    stage ``evaluations_per_stage`` times; stages trained from scratch warm the learning rate up over
+    ``warmup_fraction`` of their batches.
+    """
 
     seq_len: int
     batch_size: int
     eval_samples: int
     max_docs_per_domain: int | None
     source_batches: int
+    source_evaluations: int
     pruning_batches: int
     continued_batches: int
     evaluations_per_stage: int
+    warmup_fraction: float
 
     @property
     def tokens_per_batch(self) -> int:
@@ -90,12 +97,12 @@ class Settings:
 
 
 QUICK = Settings(
-    seq_len=64, batch_size=8, eval_samples=8, max_docs_per_domain=40,
-    source_batches=40, pruning_batches=12, continued_batches=12, evaluations_per_stage=2,
+    seq_len=64, batch_size=8, eval_samples=8, max_docs_per_domain=40, source_batches=40, source_evaluations=2,
+    pruning_batches=12, continued_batches=12, evaluations_per_stage=2, warmup_fraction=0.05,
 )
 FULL = Settings(
-    seq_len=128, batch_size=8, eval_samples=16, max_docs_per_domain=None,
-    source_batches=200, pruning_batches=30, continued_batches=40, evaluations_per_stage=3,
+    seq_len=128, batch_size=16, eval_samples=32, max_docs_per_domain=None, source_batches=900, source_evaluations=9,
+    pruning_batches=80, continued_batches=180, evaluations_per_stage=4, warmup_fraction=0.05,
 )
 
 
@@ -134,15 +141,21 @@ class Stage:
         return time.monotonic() - started
 
 
-def common_overrides(settings: Settings, model_path: Path, data_dir: Path, output_dir: Path, batches: int, seed: int) -> list[str]:
-    """Overrides every stage shares: paths, the 7 domains, batch sizes, duration, evaluations, one checkpoint."""
+def common_overrides(
+    settings: Settings, model_path: Path, data_dir: Path, output_dir: Path, batches: int, seed: int, mix: Sequence[float],
+    evaluations: int | None = None,
+) -> list[str]:
+    """Overrides every stage shares: paths, the 7 domains and their initial ``mix``, batch sizes, duration,
+    ``evaluations`` evaluations (default ``settings.evaluations_per_stage``), one checkpoint, and no training metrics
+    (their extra cross-entropy over the 32000-token vocabulary costs more than a tenth of a CPU step)."""
+    eval_interval = max(batches // (evaluations or settings.evaluations_per_stage), 1)
     return [
         f'variables.model_path={model_path}',
         f'variables.data_local={data_dir}',
         f'variables.output_dir={output_dir}',
         f'variables.run_name={output_dir.name}',
         f'variables.domains=[{",".join(DOMAINS)}]',
-        f'train_loader.dataset.proportions=[{",".join(map(str, INITIAL_PROPORTIONS))}]',
+        f'train_loader.dataset.proportions=[{",".join(map(str, mix))}]',
         f'seed={seed}',
         f'max_seq_len={settings.seq_len}',
         f'device_train_batch_size={settings.batch_size}',
@@ -150,11 +163,27 @@ def common_overrides(settings: Settings, model_path: Path, data_dir: Path, outpu
         f'global_train_batch_size={settings.batch_size}',
         f'device_eval_batch_size={EVAL_BATCH_SIZE}',
         f'max_duration={batches}ba',
-        f'eval_interval={max(batches // settings.evaluations_per_stage, 1)}ba',
+        f'eval_interval={eval_interval}ba',
         'eval_first=true',
         f'save_interval={batches}ba',
-        f'console_log_interval={max(batches // settings.evaluations_per_stage, 1)}ba',
+        f'console_log_interval={eval_interval}ba',
+        'model.use_train_metrics=false',
     ]
+
+
+def training_tokens(data_dir: Path) -> dict[str, int]:
+    """Each domain's training tokens, from the manifest ``prepare-data`` wrote into ``data_dir``."""
+    manifest = json.loads((data_dir / 'manifest.json').read_text())
+    return {domain: manifest['train'][domain]['tokens'] for domain in DOMAINS}
+
+
+def natural_mix(tokens: dict[str, int]) -> tuple[float, ...]:
+    """Each domain's share of the training ``tokens``, in the order of ``DOMAINS``, rounded to 4 decimals and summing
+    to 1: the mix under which an epoch reads every domain once."""
+    counts = np.array([tokens[domain] for domain in DOMAINS], dtype=np.float64)
+    shares = np.round(counts / counts.sum(), 4)
+    shares[shares.argmax()] += 1 - shares.sum()
+    return tuple(round(float(share), 4) for share in shares)
 
 
 def reference_override(losses: dict[str, float]) -> str:
@@ -169,8 +198,24 @@ def write_initial_model(folder: Path, vocab_size: int, tokenizer: LlamaTokenizer
     return folder
 
 
+def from_scratch(
+    settings: Settings, name: str, initial_model: Path, data_dir: Path, output_dir: Path, batches: int, seed: int,
+    mix: Sequence[float], evaluations: int | None = None,
+) -> Stage:
+    """Training ``initial_model``'s shape from random weights on the fixed ``mix`` (``yamls/tiny/source.yaml``)."""
+    return Stage(
+        name, 'source.yaml', output_dir, batches,
+        (
+            *common_overrides(settings, initial_model, data_dir, output_dir, batches, seed, mix, evaluations),
+            f'scheduler.t_warmup={max(round(batches * settings.warmup_fraction), 1)}ba',
+        ),
+        output_dir / FINAL_MODEL,
+    )
+
+
 def pruning_and_continued(
-    settings: Settings, data_dir: Path, source_model: Path, run_dir: Path, seed: int, update: str, reference: str
+    settings: Settings, data_dir: Path, source_model: Path, run_dir: Path, seed: int, mix: Sequence[float], update: str,
+    reference: str,
 ) -> tuple[Stage, Stage]:
     """Pruning S to T with ``update`` domain weights, then continued pre-training of the exported model."""
     pruning_dir, continued_dir = run_dir / 'pruning', run_dir / 'continued_pretraining'
@@ -179,7 +224,7 @@ def pruning_and_continued(
     pruning = Stage(
         f'pruning ({update}, seed {seed})', 'pruning.yaml', pruning_dir, settings.pruning_batches,
         (
-            *common_overrides(settings, source_model, data_dir, pruning_dir, settings.pruning_batches, seed), *target,
+            *common_overrides(settings, source_model, data_dir, pruning_dir, settings.pruning_batches, seed, mix), *target,
             f'algorithms.shearing.lagrangian_warmup={max(settings.pruning_batches // 3, 1)}ba',
             f'algorithms.shearing.export_dir={pruned_model}', 'algorithms.shearing.export_dtype=fp32',
             f'callbacks.dynamic_loading.update={update}', reference,
@@ -190,7 +235,7 @@ def pruning_and_continued(
         f'continued pre-training ({update}, seed {seed})', 'continued_pretraining.yaml', continued_dir,
         settings.continued_batches,
         (
-            *common_overrides(settings, pruned_model, data_dir, continued_dir, settings.continued_batches, seed),
+            *common_overrides(settings, pruned_model, data_dir, continued_dir, settings.continued_batches, seed, mix),
             f'callbacks.dynamic_loading.update={update}', reference,
         ),
         continued_dir / FINAL_MODEL,
@@ -238,11 +283,6 @@ def git_commit() -> tuple[str, bool]:
     return head, bool(status.strip())
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-    return lines + ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
-
-
 def loss_rows(results: dict[str, Any]) -> list[list[str]]:
     """Per model: each domain's loss and the mean over all eval tokens, as mean ± spread over the seeds."""
     rows = []
@@ -282,6 +322,19 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def source_convergence(results: dict[str, Any]) -> str:
+    """How far S's mean eval loss fell in all and over the last quarter of its training, from its eval curve."""
+    tokens, losses = (np.array(values) for values in results['source_curve'])
+    last_quarter = int(np.flatnonzero(tokens <= 0.75 * tokens[-1])[-1])
+    whole_fall, late_fall = losses[0] - losses[-1], losses[last_quarter] - losses[-1]
+    epochs = tokens[-1] / sum(results['training_tokens'].values())
+    return (
+        f'S\'s mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after {int(tokens[-1]):,} '
+        f'tokens ({epochs:.1f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
+        f'fell by {late_fall:.3f} nats, {late_fall / whole_fall:.1%} of its whole fall.'
+    )
+
+
 def render_report(results: dict[str, Any]) -> str:
     """The report's markdown."""
     settings = results['settings']
@@ -301,7 +354,7 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         '## Models',
         '',
-        *_table(
+        *report.markdown_table(
             ['model', *report.SHAPE_HEADERS.values(), 'head dim', 'non-embedding parameters', 'training'],
             [
                 ['S (source)', *(source[field] for field in report.SHAPE_HEADERS), source['head_dim'], f'{results["parameters"]["source"]:,}',
@@ -314,16 +367,28 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         f'T keeps {results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S\'s non-embedding parameters; '
         'pruning learns masks over layers, attention heads, MLP channels and the hidden width. Every run starts from the '
-        'paper\'s initial domain mix (cc .67, github .045, book .045, stackexchange .02, wiki .045, arxiv .025, c4 .15); '
-        'S and scratch keep it, doremi runs update it after each evaluation towards the reference losses, S\'s own '
+        f'natural mix of the {sum(results["training_tokens"].values()):,} training tokens, each domain in proportion to its '
+        f'tokens ({", ".join(f"{domain} {share:.3f}" for domain, share in results["mix"].items())}); S, scratch and the '
+        'constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S\'s own '
         'per-domain eval losses. The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
+        '',
+        '## The source model',
+        '',
+        source_convergence(results),
+        '',
+        *report.markdown_table(
+            ['tokens', 'epochs', 'mean eval loss'],
+            [[f'{tokens:,}', f'{tokens / sum(results["training_tokens"].values()):.2f}', f'{loss:.3f}'] for tokens, loss in zip(*results['source_curve'])],
+        ),
+        '',
+        '![Eval loss of the source per domain](source_loss.png)',
         '',
         '## Eval loss per domain',
         '',
         'Mean loss per predicted token (nats) on each domain\'s eval split; *all domains* is the mean over all eval tokens. '
         'Mean ± half the range over the seeds (S: one run).',
         '',
-        *_table(['model', *DOMAINS, 'all domains'], loss_rows(results)),
+        *report.markdown_table(['model', *DOMAINS, 'all domains'], loss_rows(results)),
         '',
         '## Plots',
         '',
@@ -338,7 +403,7 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         '## Stages',
         '',
-        *_table(['stage', 'batches', 'wall seconds'], [[stage['name'], stage['batches'], f'{stage["wall_seconds"]:.0f}'] for stage in results['stages']]),
+        *report.markdown_table(['stage', 'batches', 'wall seconds'], [[stage['name'], stage['batches'], f'{stage["wall_seconds"]:.0f}'] for stage in results['stages']]),
         '',
         '## Commands',
         '',
@@ -379,6 +444,8 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
         max_docs_per_domain=settings.max_docs_per_domain,
     )
     stage_log: list[dict[str, Any]] = [{'name': 'prepare data', 'batches': 0, 'wall_seconds': time.monotonic() - started}]
+    train_tokens = training_tokens(data_dir)
+    mix = natural_mix(train_tokens)
     tokenizer = LlamaTokenizerFast(vocab_file=str(tokenizer_path), legacy=False)
     vocab_size = len(tokenizer)
     source_shape = ModelShape.from_config(llama_config(vocab_size, **SOURCE_SHAPE))
@@ -390,10 +457,9 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
 
     source_dir = output_dir / 'source'
     source_init = write_initial_model(source_dir / 'init', vocab_size, tokenizer, **SOURCE_SHAPE)
-    source = Stage(
-        'source', 'source.yaml', source_dir, settings.source_batches,
-        tuple(common_overrides(settings, source_init, data_dir, source_dir, settings.source_batches, SOURCE_SEED)),
-        source_dir / FINAL_MODEL,
+    source = from_scratch(
+        settings, 'source', source_init, data_dir, source_dir, settings.source_batches, SOURCE_SEED, mix,
+        settings.source_evaluations,
     )
     run_stage(source)
     source_losses = evaluate(source.final_model, data_dir, source_dir / 'losses.json')
@@ -405,15 +471,13 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
     stages_by_seed: dict[int, dict[str, Stage]] = {}
     for seed in seeds:
         seed_dir = output_dir / f'seed_{seed}'
-        doremi = pruning_and_continued(settings, data_dir, source.final_model, seed_dir / 'doremi', seed, 'doremi', reference)
-        constant = pruning_and_continued(settings, data_dir, source.final_model, seed_dir / 'constant', seed, 'constant', reference)
+        doremi, constant = (
+            pruning_and_continued(settings, data_dir, source.final_model, seed_dir / update, seed, mix, update, reference)
+            for update in ('doremi', 'constant')
+        )
         scratch_dir = seed_dir / 'scratch'
         scratch_init = write_initial_model(scratch_dir / 'init', vocab_size, tokenizer, **target_config)
-        scratch = Stage(
-            f'scratch (seed {seed})', 'source.yaml', scratch_dir, small_batches,
-            tuple(common_overrides(settings, scratch_init, data_dir, scratch_dir, small_batches, seed)),
-            scratch_dir / FINAL_MODEL,
-        )
+        scratch = from_scratch(settings, f'scratch (seed {seed})', scratch_init, data_dir, scratch_dir, small_batches, seed, mix)
         named = dict(zip(('pruned', 'continued', 'pruned_constant', 'continued_constant', 'scratch'), (*doremi, *constant, scratch)))
         for name, stage in named.items():
             run_stage(stage)
@@ -434,6 +498,8 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
         'commit': commit,
         'dirty': dirty,
         'seeds': list(seeds),
+        'training_tokens': train_tokens,
+        'mix': dict(zip(DOMAINS, mix)),
         'settings': asdict(settings) | {
             'tokens_per_batch': settings.tokens_per_batch, 'tokens_small_model': small_batches * settings.tokens_per_batch,
         },
@@ -465,6 +531,9 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
                 doremi_stages += [pruning_metrics, continued_metrics]
         curves['scratch'].append(eval_curve(report.StageMetrics.from_log(named['scratch'].name, named['scratch'].metrics_file), tokens_per_batch))
     results['curves'] = {name: [[tokens.tolist(), losses.tolist()] for tokens, losses in runs] for name, runs in curves.items()}
+    source_metrics = report.StageMetrics.from_log(source.name, source.metrics_file)
+    results['source_curve'] = [values.tolist() for values in eval_curve(source_metrics, tokens_per_batch)]
+    report.plot_domain_losses([source_metrics], DOMAINS).savefig(report_dir / 'source_loss.png', dpi=120)
     plot_loss_against_tokens(curves).savefig(report_dir / 'loss_against_tokens.png', dpi=120)
     report.plot_domain_weights(doremi_stages, DOMAINS).savefig(report_dir / 'domain_weights.png', dpi=120)
     results['wall_seconds'] = time.monotonic() - started
@@ -482,11 +551,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the pruning, continued and scratch runs')
     parser.add_argument('--data', type=Path, default=DATA, help='per-domain jsonl folders (default: ../shared/data/redpajama-sample)')
     parser.add_argument('--tokenizer', type=Path, default=TOKENIZER, help='SentencePiece tokenizer.model (default: ../shared Mistral-7B)')
+    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default: 2)')
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
     output_dir = (args.output or REPO / 'outputs' / ('shearing_vs_scratch_quick' if args.quick else 'shearing_vs_scratch')).resolve()
     command = shlex.join(['.venv/bin/python', 'scripts/experiments/shearing_vs_scratch.py', *(argv if argv is not None else sys.argv[1:])])
-    torch.set_num_threads(TORCH_THREADS)
+    torch.set_num_threads(args.threads)
     report_dir = run_experiment(output_dir, QUICK if args.quick else FULL, args.seeds, command, args.data, args.tokenizer)
     print((report_dir / 'README.md').read_text())
 

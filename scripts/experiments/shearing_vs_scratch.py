@@ -101,8 +101,8 @@ QUICK = Settings(
     pruning_batches=12, continued_batches=12, evaluations_per_stage=2, warmup_fraction=0.05,
 )
 FULL = Settings(
-    seq_len=128, batch_size=16, eval_samples=32, max_docs_per_domain=None, source_batches=900, source_evaluations=9,
-    pruning_batches=80, continued_batches=180, evaluations_per_stage=4, warmup_fraction=0.05,
+    seq_len=128, batch_size=16, eval_samples=32, max_docs_per_domain=None, source_batches=750, source_evaluations=10,
+    pruning_batches=60, continued_batches=140, evaluations_per_stage=4, warmup_fraction=0.05,
 )
 
 

@@ -297,11 +297,11 @@ def loss_rows(results: dict[str, Any]) -> list[list[str]]:
 
 
 def compared(better: tuple[float, float], worse: tuple[float, float]) -> str:
-    """Whether the first (mean, spread) is lower than the second, by how much, and against the seeds' spread."""
+    """Whether the first (mean, spread) is lower or higher than the second, by how much, against the seeds' spread."""
     difference = worse[0] - better[0]
     beyond = abs(difference) > better[1] + worse[1]
     return (
-        f'{"lower" if difference > 0 else "not lower"} by {difference:+.3f} nats/token, '
+        f'{"lower" if difference > 0 else "higher"} by {abs(difference):.3f} nats/token, '
         f'{"more" if beyond else "less"} than the spread across seeds'
     )
 
@@ -312,13 +312,16 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
     tokens = results['settings']['tokens_small_model']
     seeds = len(results['seeds'])
     continued, scratch, constant = mean['continued'], mean['scratch'], mean['continued_constant']
+    pruned, pruned_constant = mean['pruned'], mean['pruned_constant']
     return [
         f'Pruned + continued reaches a mean eval loss of {continued[0]:.3f} ± {continued[1]:.3f} against '
         f'{scratch[0]:.3f} ± {scratch[1]:.3f} for the same shape trained from scratch on the same {tokens:,} tokens '
         f'({seeds} seeds; mean ± half range): {compared(continued, scratch)} (the source model\'s own '
         f'training, {mean["source"][0]:.3f} at its end, is not counted in that budget).',
         f'With doremi domain weights the pruned + continued model reaches {continued[0]:.3f} ± {continued[1]:.3f}, with constant '
-        f'weights {constant[0]:.3f} ± {constant[1]:.3f} (mean over all eval tokens): doremi is {compared(continued, constant)}.',
+        f'weights {constant[0]:.3f} ± {constant[1]:.3f} (mean over all eval tokens): doremi is {compared(continued, constant)}; '
+        f'right after pruning, before continued pre-training, doremi {pruned[0]:.3f} ± {pruned[1]:.3f} against constant '
+        f'{pruned_constant[0]:.3f} ± {pruned_constant[1]:.3f} is {compared(pruned, pruned_constant)}.',
     ]
 
 
@@ -330,7 +333,7 @@ def source_convergence(results: dict[str, Any]) -> str:
     epochs = tokens[-1] / sum(results['training_tokens'].values())
     return (
         f'S\'s mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after {int(tokens[-1]):,} '
-        f'tokens ({epochs:.1f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
+        f'tokens ({epochs:.2f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
         f'fell by {late_fall:.3f} nats, {late_fall / whole_fall:.1%} of its whole fall.'
     )
 
@@ -382,6 +385,9 @@ def render_report(results: dict[str, Any]) -> str:
         ),
         '',
         '![Eval loss of the source per domain](source_loss.png)',
+        '',
+        'S\'s eval loss per domain against its training batches (dotted: the loader\'s reference, its losses at '
+        'random initialisation, which constant weights do not use).',
         '',
         '## Eval loss per domain',
         '',

@@ -39,12 +39,9 @@ def domain_loss_sums(
         domains: ``[batch]``, each sample's domain index.
         num_domains: the number of domains.
     """
-    targets = labels[:, 1:]
+    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [batch, seq_len]: the token after each position
     token_losses = F.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-        targets.reshape(-1),
-        ignore_index=IGNORE_INDEX,
-        reduction='none',
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction='none',
     ).view(targets.shape)
     loss_sums = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)
     token_counts = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)

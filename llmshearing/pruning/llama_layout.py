@@ -24,10 +24,15 @@ SUPPORTED_MODEL_TYPES = ('llama', 'mistral', 'qwen2')
 
 
 class _CurrentMasks:
-    """The masks of the forward in progress, drawn once per forward by the model's pre-hook."""
+    """The masks of the forward in progress, drawn once per forward by the model's pre-hook, and the number of
+    hidden dimensions they keep (which every ``MaskedRMSNorm`` of that forward divides by)."""
 
     def __init__(self) -> None:
-        self.masks = StructureMasks()
+        self.set(StructureMasks())
+
+    def set(self, masks: StructureMasks) -> None:
+        self.masks = masks
+        self.kept_hidden = None if masks.hidden is None else (masks.hidden != 0).sum()
 
 
 class MaskedRMSNorm(nn.Module):
@@ -49,7 +54,7 @@ class MaskedRMSNorm(nn.Module):
         hidden_mask = self._current.masks.hidden  # (hidden,)
         input_dtype = hidden_states.dtype
         hidden_states = hidden_states.to(torch.float32)
-        variance = hidden_states.pow(2).sum(-1, keepdim=True) / (hidden_mask != 0).sum()
+        variance = hidden_states.pow(2).sum(-1, keepdim=True) / self._current.kept_hidden
         hidden_states = hidden_states * torch.rsqrt(variance + self.variance_epsilon)
         return (self.weight * hidden_mask.to(input_dtype)) * hidden_states.to(input_dtype)
 
@@ -113,7 +118,7 @@ def attach_masks(
     current = _CurrentMasks()
 
     def draw_masks(module: nn.Module, args: tuple) -> None:
-        current.masks = l0_module()
+        current.set(l0_module())
 
     model.register_forward_pre_hook(draw_masks)
     masked = l0_module.masked_structures
@@ -124,7 +129,7 @@ def attach_masks(
     for index, layer in enumerate(decoder.layers):
         if 'query_heads' in masked:
             layer.self_attn.o_proj.register_forward_pre_hook(
-                _scale_input(lambda i=index: current.masks.query_heads[i].repeat_interleave(source.head_dim)),
+                _scale_input(lambda i=index: _per_head(current.masks.query_heads[i], source.head_dim)),
             )
         if 'intermediate' in masked:
             layer.mlp.down_proj.register_forward_pre_hook(_scale_input(lambda i=index: current.masks.intermediate[i]))

@@ -23,10 +23,11 @@ setup(
         'matplotlib',
         'scipy',
         'zstandard',
+        'lm-eval==0.4.13',  # llmshearing evaluate
         'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={
-        'dev': ['pytest'],
+        'dev': ['pytest', 'gguf'],  # gguf: loading the SmolLM2 test asset
         'gpu': ['flash-attn'],
     },
     entry_points={

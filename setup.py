@@ -8,7 +8,11 @@ setup(
     description='Targeted structured pruning and dynamic batch loading (Sheared-LLaMA) for Composer and LLM-Foundry',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
-    packages=find_packages(include=['llmshearing', 'llmshearing.*']),
+    packages=[*find_packages(include=['llmshearing', 'llmshearing.*']), 'llmshearing.recipes'],
+    # The recipes live in yamls/ at the top of the repository and ship as llmshearing/recipes/ in the wheel
+    # (llmshearing.resources.recipe_path finds them in both places).
+    package_dir={'llmshearing.recipes': 'yamls'},
+    package_data={'llmshearing.recipes': ['*/*.yaml']},
     python_requires='>=3.10',
     install_requires=[
         'torch==2.7.0',

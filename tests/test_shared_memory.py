@@ -1,0 +1,69 @@
+"""Two unrelated processes that prepare data and build ``dynamic_text`` datasets at the same moments on one
+machine: Streaming's shared-memory names must not collide (``FileExistsError: /NNNNNN_locals``)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import traceback
+from pathlib import Path
+
+import streaming.base.dataset
+
+from llmshearing.data.shared_memory import serialize_shm_prefix_registration
+
+DOMAINS = ('alpha', 'beta')
+ROUNDS = 12
+"""Without the lock, about one round in two collided on 2 cores, so 12 rounds all but surely hit one."""
+
+
+def build_datasets(run_dir: Path, tokenizer_dir: Path, barrier: multiprocessing.Barrier) -> None:
+    """Prepare ``run_dir/input`` into ``run_dir/data``, then build a training and an eval dataset of it at each of
+    ``ROUNDS`` moments shared with the other process; write ``run_dir/result.json``."""
+    from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset
+    from llmshearing.data.prepare import prepare_data
+
+    errors = []
+    try:
+        barrier.wait(timeout=120)
+        prepare_data(run_dir / 'input', run_dir / 'data', tokenizer_dir, 16, eval_samples=2, workers=1)
+        for _ in range(ROUNDS):
+            barrier.wait(timeout=120)
+            DynamicStreamingDataset(local=str(run_dir / 'data'), domains=DOMAINS, proportions=[0.5, 0.5], batch_size=2)
+            DomainStreamingDataset(local=str(run_dir / 'data'), domains=DOMAINS, batch_size=2)
+    except Exception:  # reported to the test, which names it
+        errors.append(traceback.format_exc())
+        barrier.abort()
+    (run_dir / 'result.json').write_text(json.dumps(errors))
+
+
+def test_two_simultaneous_dataset_builds_do_not_collide(tmp_path):
+    from llmshearing.toy import byte_level_tokenizer
+
+    tokenizer_dir = tmp_path / 'tokenizer'
+    byte_level_tokenizer().save_pretrained(tokenizer_dir)
+    run_dirs = [tmp_path / f'run{index}' for index in range(2)]
+    for run_dir in run_dirs:
+        for domain in DOMAINS:
+            (run_dir / 'input' / domain).mkdir(parents=True)
+            lines = [json.dumps({'text': f'{domain} document {index} ' * 4}) for index in range(40)]
+            (run_dir / 'input' / domain / 'part.jsonl').write_text('\n'.join(lines) + '\n')
+
+    context = multiprocessing.get_context('spawn')
+    barrier = context.Barrier(2)
+    processes = [context.Process(target=build_datasets, args=(run_dir, tokenizer_dir, barrier)) for run_dir in run_dirs]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=300)
+    assert [process.exitcode for process in processes] == [0, 0]
+    errors = [error for run_dir in run_dirs for error in json.loads((run_dir / 'result.json').read_text())]
+    assert errors == []
+
+
+def test_the_registration_lock_is_installed_once():
+    serialize_shm_prefix_registration()
+    locked = streaming.base.dataset.get_shm_prefix
+    serialize_shm_prefix_registration()
+    assert streaming.base.dataset.get_shm_prefix is locked and locked.serialized
+    assert locked.__wrapped__.__module__ == 'streaming.base.shared.prefix'

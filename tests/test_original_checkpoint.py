@@ -2,7 +2,8 @@
 
 The checkpoints are made here in the original layout: a Composer checkpoint whose ``state.model`` holds
 ``model.transformer.*`` weights and ``model.l0_module`` masks, with the run's ``config.pt`` beside it. The
-reference is the original masked forward and deterministic-mask rule, written out with tensor ops.
+reference is the original masked forward on its L0 path (the masks drawn by its ``l0_module`` after the
+token embedding, as in every pruning run) and its deterministic-mask rule, written out with tensor ops.
 """
 
 from __future__ import annotations
@@ -61,6 +62,18 @@ def trained_log_alphas() -> dict[str, torch.Tensor]:
         'head_layer': torch.tensor([2.0, -3.0, 0.5]),
         'mlp': torch.tensor([0.3, -2.0, 3.0]),
     }
+
+
+def spread_hidden_log_alpha() -> torch.Tensor:
+    """Hidden scores in [-1.5, 1]: every gate lies far from 1, between 0.14 and 0.77."""
+    return torch.rand(SOURCE['d_model']) * 2.5 - 1.5
+
+
+def saturated_hidden_log_alpha() -> torch.Tensor:
+    """``TARGET['d_model']`` hidden scores beyond the upper clamp (gates 0.996), the others beyond the lower one."""
+    num_kept = TARGET['d_model']
+    log_alpha = torch.cat([torch.full((num_kept,), SATURATED), torch.full((SOURCE['d_model'] - num_kept,), -SATURATED)])
+    return log_alpha[torch.randperm(SOURCE['d_model'])]
 
 
 def save_original_checkpoint(
@@ -137,7 +150,12 @@ def original_masked_logits(
     input_ids: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """The original ``LlamaModel.forward`` with the eval masks ``zs``."""
+    """The original ``LlamaModel.forward`` on its L0 path with the eval masks ``zs``.
+
+    The masks are drawn after the token embedding, so the residual stream starts from the unscaled
+    embedding; each RMSNorm normalises over the kept hidden dimensions and multiplies its output by the
+    hidden mask, and so do the attention and MLP outputs.
+    """
     n_heads, head_dim = SOURCE['n_heads'], SOURCE['d_model'] // SOURCE['n_heads']
     batch, seq_len = input_ids.shape
     hidden_z = zs.get('hidden')
@@ -148,8 +166,6 @@ def original_masked_logits(
     causal = torch.full((seq_len, seq_len), float('-inf')).triu(1)
 
     x = weights['model.transformer.wte.weight'][input_ids]
-    if hidden_z is not None:
-        x = x * hidden_z
     for block in range(SOURCE['n_layers']):
         w = {name.split(f'blocks.{block}.', 1)[1]: t for name, t in weights.items() if f'blocks.{block}.' in name}
         a = original_rms_norm(x, w['ln_1.weight'], hidden_z, eps)
@@ -193,6 +209,15 @@ def _export(checkpoint: Path, output: Path, *options: str) -> int:
     return cli.main(['export', str(checkpoint), str(output), '--dtype', 'fp32', *options])
 
 
+def max_logit_difference(pruned: LlamaForCausalLM, checkpoint: Path, zs: dict[str, torch.Tensor], eps: float) -> float:
+    """Max |logit difference| between an exported model and the original L0 forward on random tokens."""
+    input_ids = torch.randint(3, VOCAB_SIZE, (2, 24))
+    weights = torch.load(checkpoint, weights_only=False)['state']['model']
+    with torch.no_grad():
+        expected = original_masked_logits(weights, zs, input_ids, eps)
+        return (pruned(input_ids).logits - expected).abs().max().item()
+
+
 def test_export_equals_the_original_masked_forward(tmp_path, tokenizer_dir):
     log_alphas = trained_log_alphas()
     checkpoint = save_original_checkpoint(tmp_path / 'run', log_alphas)
@@ -210,12 +235,23 @@ def test_export_equals_the_original_masked_forward(tmp_path, tokenizer_dir):
     assert (config.rms_norm_eps, config.max_position_embeddings) == (RUN_RMS_NORM_EPS, MAX_SEQ_LEN)
     assert config.rope_theta == 10000.0
     assert len(AutoTokenizer.from_pretrained(output)) == VOCAB_SIZE
+    assert max_logit_difference(pruned, checkpoint, zs, RUN_RMS_NORM_EPS) <= 1e-5
 
-    input_ids = torch.randint(3, VOCAB_SIZE, (2, 24))
-    weights = torch.load(checkpoint, weights_only=False)['state']['model']
-    with torch.no_grad():
-        expected = original_masked_logits(weights, zs, input_ids, RUN_RMS_NORM_EPS)
-        assert (pruned(input_ids).logits - expected).abs().max().item() <= 1e-5
+
+@pytest.mark.parametrize('hidden_log_alpha', [spread_hidden_log_alpha, saturated_hidden_log_alpha])
+def test_hidden_only_export_equals_the_original_l0_forward(tmp_path, tokenizer_dir, hidden_log_alpha):
+    """The kept embedding columns are not scaled: the original L0 forward never multiplies them by the mask."""
+    log_alphas = {'hidden': hidden_log_alpha()}
+    checkpoint = save_original_checkpoint(tmp_path / 'run', log_alphas)
+    zs = original_zs(log_alphas, TARGET)
+
+    output = tmp_path / 'pruned'
+    assert _export(checkpoint, output, '--tokenizer', str(tokenizer_dir)) == 0
+    pruned = AutoModelForCausalLM.from_pretrained(output).eval()
+    config = pruned.config
+    assert (config.hidden_size, config.num_attention_heads, config.num_hidden_layers) == (24, 4, 3)
+    assert config.intermediate_size == SOURCE['intermediate_size']
+    assert max_logit_difference(pruned, checkpoint, zs, RUN_RMS_NORM_EPS) <= 1e-5
 
 
 def test_run_without_target_or_config_needs_only_the_weights(tmp_path, tokenizer_dir):
@@ -237,12 +273,7 @@ def test_run_without_target_or_config_needs_only_the_weights(tmp_path, tokenizer
     assert (config.rms_norm_eps, config.max_position_embeddings) == (LLAMA2_RMS_NORM_EPS, LLAMA2_MAX_SEQ_LEN)
     assert config.hidden_size == int((zs['hidden'] != 0).sum())
     assert config.intermediate_size == int((zs['intermediate'][0] != 0).sum())
-
-    input_ids = torch.randint(3, VOCAB_SIZE, (2, 24))
-    weights = torch.load(checkpoint, weights_only=False)['state']['model']
-    with torch.no_grad():
-        expected = original_masked_logits(weights, zs, input_ids, LLAMA2_RMS_NORM_EPS)
-        assert (pruned(input_ids).logits - expected).abs().max().item() <= 1e-5
+    assert max_logit_difference(pruned, checkpoint, zs, LLAMA2_RMS_NORM_EPS) <= 1e-5
 
 
 def test_layer_masks_that_disagree_are_an_error_naming_the_layers(tmp_path, tokenizer_dir, capsys):

@@ -117,9 +117,9 @@ def export(
         tokenizer = _tokenizer(checkpoint, tokenizer_path, Path(tokenizer_files))
         if is_original_checkpoint(checkpoint):
             model, masks = model_and_masks_from_original_checkpoint(checkpoint, path)
-        else:
-            model, masks = _masked_model(checkpoint, path), None
-        return write_pruned_model(model, tokenizer, output_dir, dtype, masks)
+            # The original L0 forward draws its masks after the embedding, which it leaves unscaled.
+            return write_pruned_model(model, tokenizer, output_dir, dtype, masks, scale_embedding=False)
+        return write_pruned_model(_masked_model(checkpoint, path), tokenizer, output_dir, dtype)
 
 
 def write_pruned_model(
@@ -128,9 +128,10 @@ def write_pruned_model(
     output_dir: str | Path,
     dtype: str = 'bf16',
     masks: StructureMasks | None = None,
+    scale_embedding: bool = True,
 ) -> Path:
     """Prune a masked model (``prune_model``) and save it with its tokenizer as a Hugging Face folder."""
-    pruned = prune_model(model, dtype=DTYPES[dtype], masks=masks)
+    pruned = prune_model(model, dtype=DTYPES[dtype], masks=masks, scale_embedding=scale_embedding)
     log.info('Pruned %s to %s', model.l0_module.source, model.l0_module.final_shape())
     pruned.save_pretrained(output_dir, safe_serialization=True)
     if tokenizer is not None:

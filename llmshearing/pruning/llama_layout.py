@@ -183,10 +183,13 @@ def pruned_state_dict(
     model: PreTrainedModel,
     l0_module: L0Module,
     masks: StructureMasks | None = None,
+    scale_embedding: bool = True,
 ) -> dict[str, torch.Tensor]:
     """The weights of the pruned model with every mask value folded in (fp32).
 
     ``masks`` default to the L0 module's deterministic masks; given masks must keep its final shape.
+    ``scale_embedding=False`` folds a masked forward that does not multiply the token embeddings by the
+    hidden mask (the original LLM-Shearing L0 forward): the kept embedding columns stay as they are.
     """
     source = l0_module.source
     masks = masks if masks is not None else l0_module.deterministic_masks(target_shape=True)
@@ -204,10 +207,12 @@ def pruned_state_dict(
         return {'weight': weight[kept_hidden]}
 
     embedding = decoder.embed_tokens.weight.detach().float()  # (vocab, hidden)
-    if hidden is not None:
+    embedding_has_hidden = hidden is not None and scale_embedding
+    if embedding_has_hidden:
         embedding = embedding * hidden
     state = {'model.embed_tokens.weight': embedding[:, kept_hidden]}
-    state |= _prefixed('model.norm', norm_weight(decoder.norm, fold_hidden=not tied))
+    # A tied output layer is the embedding: if that carries the hidden mask, the final norm must not as well.
+    state |= _prefixed('model.norm', norm_weight(decoder.norm, fold_hidden=not (tied and embedding_has_hidden)))
     if tied:
         state['lm_head.weight'] = state['model.embed_tokens.weight']
     else:
@@ -263,11 +268,13 @@ def prune_model(
     model: PreTrainedModel,
     dtype: torch.dtype | None = None,
     masks: StructureMasks | None = None,
+    scale_embedding: bool = True,
 ) -> PreTrainedModel:
     """A plain model of the same class, cut to the final shape with every mask value folded in.
 
     Its forward equals the masked model's eval forward. ``dtype`` defaults to the model's own. ``masks``
     replace the deterministic masks of ``model.l0_module`` and must keep its final shape.
+    ``scale_embedding=False``: the masked forward leaves the token embeddings unscaled (see ``pruned_state_dict``).
     """
     l0_module = getattr(model, L0_MODULE_NAME, None)
     if not isinstance(l0_module, L0Module):
@@ -275,7 +282,7 @@ def prune_model(
     dtype = dtype or model.get_input_embeddings().weight.dtype
     config = pruned_config(model, l0_module.final_shape())
     config.torch_dtype = dtype
-    state = pruned_state_dict(model, l0_module, masks)
+    state = pruned_state_dict(model, l0_module, masks, scale_embedding)
     with no_init_weights():
         pruned = type(model)(config)
     pruned.tie_weights()

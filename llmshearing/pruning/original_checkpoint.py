@@ -7,7 +7,9 @@ sizes, is the ``config.pt`` that the original ``train.py`` writes into the save 
 The original deterministic masks differ from ours: per group they zero the lowest scores (tied scores,
 common at the clamp, are then chosen otherwise than by our top-k), without a target each group keeps its
 own expected count, and attention (``head_layer``) and MLP (``mlp``) carry separate layer gates. The masks
-here follow the original rule exactly and are folded into the weights by ``prune_model``.
+here follow the original rule exactly and are folded into the weights by ``prune_model`` with
+``scale_embedding=False``: the original forward of a pruning run draws its masks after the token embedding,
+so unlike ours it never multiplies the embedding by the hidden mask.
 """
 
 from __future__ import annotations
@@ -287,7 +289,8 @@ def model_and_masks_from_original_checkpoint(
     """The source model as a Hugging Face Llama, with the original deterministic masks.
 
     The model carries an L0 module of the shape those masks keep, so that ``prune_model(model,
-    masks=masks)`` folds them in. ``path`` is the checkpoint's file, beside which its run config may lie.
+    masks=masks, scale_embedding=False)`` folds them in. ``path`` is the checkpoint's file, beside which its
+    run config may lie.
     """
     state = checkpoint['state']['model']
     log_alphas = original_log_alphas(state)

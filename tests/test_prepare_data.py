@@ -57,6 +57,13 @@ def token_stream(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> list[i
     return stream
 
 
+def eval_document_count(tokenizer: PreTrainedTokenizerBase, texts: list[str], tokens: int) -> int:
+    """How many of the first ``texts`` evaluation takes for ``tokens`` tokens: whole documents up to the one that
+    holds the last of them."""
+    document_ends = np.cumsum([len(token_stream(tokenizer, [text])) for text in texts])
+    return int(np.searchsorted(document_ends, tokens)) + 1
+
+
 def cut(stream: list[int], seq_len: int = SEQ_LEN) -> np.ndarray:
     usable = len(stream) // seq_len * seq_len
     return np.array(stream[:usable], dtype=np.int64).reshape(-1, seq_len)
@@ -102,25 +109,27 @@ def test_token_streams_equal_the_tokenizer_encoding(tmp_path, corpus, byte_token
             tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=2, workers=2
         )
 
-    # alpha: eval from its first file, training from the other two (gzip, zstd).
-    alpha_eval_stream = token_stream(tokenizer, corpus['alpha'][0])
-    alpha_train_stream = token_stream(tokenizer, corpus['alpha'][1] + corpus['alpha'][2])
+    # alpha: eval takes whole documents of its first file up to the end of its second sample; training the rest
+    # of that file, then the other two (gzip, zstd).
+    alpha_texts = corpus['alpha'][0] + corpus['alpha'][1] + corpus['alpha'][2]
+    alpha_eval_documents = eval_document_count(tokenizer, alpha_texts, 2 * SEQ_LEN)
+    assert alpha_eval_documents < len(corpus['alpha'][0])
+    alpha_train_stream = token_stream(tokenizer, alpha_texts[alpha_eval_documents:])
     alpha_eval, alpha_eval_domains = read_samples(tmp_path / 'out' / 'eval' / 'alpha')
     alpha_train, alpha_train_domains = read_samples(tmp_path / 'out' / 'train' / 'alpha')
-    np.testing.assert_array_equal(alpha_eval, cut(alpha_eval_stream[: 2 * SEQ_LEN]))
+    np.testing.assert_array_equal(alpha_eval, cut(token_stream(tokenizer, alpha_texts)[: 2 * SEQ_LEN]))
     np.testing.assert_array_equal(alpha_train, cut(alpha_train_stream))
     assert alpha_eval_domains == ['alpha'] * 2 and alpha_train_domains == ['alpha'] * len(alpha_train)
 
-    # beta (one file): eval takes whole documents up to the end of its second sample, training the rest.
+    # beta (one file): the same split inside its only file.
     beta_texts = corpus['beta'][0]
-    document_ends = np.cumsum([len(token_stream(tokenizer, [text])) for text in beta_texts])
-    eval_documents = int(np.searchsorted(document_ends, 2 * SEQ_LEN)) + 1
+    eval_documents = eval_document_count(tokenizer, beta_texts, 2 * SEQ_LEN)
     beta_train_stream = token_stream(tokenizer, beta_texts[eval_documents:])
     beta_eval, _ = read_samples(tmp_path / 'out' / 'eval' / 'beta')
     beta_train, _ = read_samples(tmp_path / 'out' / 'train' / 'beta')
     np.testing.assert_array_equal(beta_eval, cut(token_stream(tokenizer, beta_texts)[: 2 * SEQ_LEN]))
     np.testing.assert_array_equal(beta_train, cut(beta_train_stream))
-    assert "domain 'beta' has a single file (b.jsonl): eval and train split it by document" in caplog.text
+    assert caplog.text == ''
 
     merged, merged_domains = read_samples(tmp_path / 'out' / 'eval' / 'eval_merge')
     np.testing.assert_array_equal(merged, np.concatenate([alpha_eval, beta_eval]))
@@ -133,8 +142,8 @@ def test_token_streams_equal_the_tokenizer_encoding(tmp_path, corpus, byte_token
         'path': str(byte_tokenizer_dir.resolve()), 'vocab_size': 259, 'bos_token_id': 1, 'eos_token_id': 2
     }
     assert manifest['train']['alpha'] == {
-        'files': ['a1.jsonl.gz', 'a2.jsonl.zst'],
-        'documents': 55,
+        'files': ['a0.jsonl', 'a1.jsonl.gz', 'a2.jsonl.zst'],
+        'documents': 61 - alpha_eval_documents,
         'samples': len(alpha_train),
         'tokens': len(alpha_train) * SEQ_LEN,
         'dropped_tokens': len(alpha_train_stream) % SEQ_LEN,
@@ -144,9 +153,51 @@ def test_token_streams_equal_the_tokenizer_encoding(tmp_path, corpus, byte_token
         'documents': eval_documents,
         'samples': 2,
         'tokens': 2 * SEQ_LEN,
-        'dropped_tokens': int(document_ends[eval_documents - 1]) - 2 * SEQ_LEN,
+        'dropped_tokens': len(token_stream(tokenizer, beta_texts[:eval_documents])) - 2 * SEQ_LEN,
     }
     assert manifest['train']['beta']['documents'] == 40 - eval_documents
+    assert manifest['read']['beta'] == {'files': ['b.jsonl'], 'documents': 40, 'tokens': len(token_stream(tokenizer, beta_texts))}
+
+
+def test_every_document_is_read_once_and_every_token_is_accounted_for(tmp_path, byte_tokenizer_dir, monkeypatch):
+    """Several files per domain with malformed lines in its eval files, before and after what evaluation takes, and
+    a single-file domain: the documents after the eval documents go to training, every malformed line is counted,
+    and the manifest's read tokens are the tokens of every document, in samples or dropped."""
+    monkeypatch.setattr('llmshearing.data.prepare.CHUNK_BYTES', 48)
+    tokenizer = byte_level_tokenizer()
+    texts = {
+        'multi': [documents('multi', 0, 12), documents('multi', 1, 9), documents('multi', 2, 7)],
+        'single': [documents('single', 0, 15)],
+    }
+    bad = ['{"text": "cut off', json.dumps({'title': 'no text'})]
+    write_jsonl(tmp_path / 'input' / 'multi' / 'm0.jsonl', [bad[0], *records(texts['multi'][0][:6]), bad[1], *records(texts['multi'][0][6:])])
+    write_jsonl(tmp_path / 'input' / 'multi' / 'm1.jsonl.gz', [*records(texts['multi'][1]), bad[0]])
+    write_jsonl(tmp_path / 'input' / 'multi' / 'm2.jsonl', records(texts['multi'][2]))
+    write_jsonl(tmp_path / 'input' / 'single' / 's.jsonl', [*records(texts['single'][0][:14]), bad[1], *records(texts['single'][0][14:])])
+    manifest = prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=3, workers=2)
+
+    for domain in ('multi', 'single'):
+        domain_texts = sum(texts[domain], [])
+        eval_documents = eval_document_count(tokenizer, domain_texts, 3 * SEQ_LEN)
+        evaluation, _ = read_samples(tmp_path / 'out' / 'eval' / domain)
+        train, _ = read_samples(tmp_path / 'out' / 'train' / domain)
+        np.testing.assert_array_equal(evaluation, cut(token_stream(tokenizer, domain_texts)[: 3 * SEQ_LEN]))
+        np.testing.assert_array_equal(train, cut(token_stream(tokenizer, domain_texts[eval_documents:])))
+        assert not document_names(tokenizer, evaluation) & document_names(tokenizer, train)
+
+        read, splits = manifest['read'][domain], (manifest['train'][domain], manifest['eval'][domain])
+        assert read['documents'] == len(domain_texts) == sum(split['documents'] for split in splits)
+        assert read['tokens'] == len(token_stream(tokenizer, domain_texts))
+        assert read['tokens'] == sum(split['tokens'] + split['dropped_tokens'] for split in splits)
+    assert manifest['eval']['multi']['files'] == ['m0.jsonl']
+    assert manifest['train']['multi']['files'] == ['m0.jsonl', 'm1.jsonl.gz', 'm2.jsonl']
+    assert manifest['skipped_records'] == {
+        'multi': {
+            'count': 3,
+            'first': ['m0.jsonl:1: malformed JSON', 'm0.jsonl:8: no "text" string', 'm1.jsonl.gz:10: malformed JSON'],
+        },
+        'single': {'count': 1, 'first': ['s.jsonl:15: no "text" string']},
+    }
 
 
 def test_eval_never_reads_the_last_file(tmp_path, corpus, byte_tokenizer_dir, caplog):
@@ -198,6 +249,8 @@ def test_max_docs_per_domain_caps_training_documents(tmp_path, corpus, byte_toke
     np.testing.assert_array_equal(train, cut(token_stream(byte_level_tokenizer(), texts[:33])))
     assert manifest['train']['alpha']['documents'] == 33
     assert manifest['train']['alpha']['files'] == ['a0.jsonl', 'a1.jsonl.gz']
+    assert manifest['read']['alpha']['documents'] == 33
+    assert manifest['read']['alpha']['tokens'] == len(token_stream(byte_level_tokenizer(), texts[:33]))
     assert manifest['eval'] == {} and not (tmp_path / 'out' / 'eval').exists()
 
 
@@ -361,12 +414,13 @@ def test_redpajama_sample_with_the_mistral_tokenizer(tmp_path):
     tokenizer = LlamaTokenizerFast(vocab_file=str(MISTRAL_TOKENIZER), legacy=False)
     assert manifest['token_dtype'] == 'uint16' and manifest['tokenizer']['vocab_size'] == 32000
     for domain in ('cc', 'wiki'):
-        eval_file, train_file = sorted((REDPAJAMA_SAMPLE / domain).glob('*.jsonl'))
-        eval_texts = [json.loads(line)['text'] for line in eval_file.read_text().splitlines()]
-        train_texts = [json.loads(line)['text'] for line in train_file.read_text().splitlines()]
+        files = sorted((REDPAJAMA_SAMPLE / domain).glob('*.jsonl'))
+        texts = [json.loads(line)['text'] for path in files for line in path.read_text().splitlines()]
+        eval_documents = eval_document_count(tokenizer, texts, 4 * seq_len)
         evaluation, _ = read_samples(tmp_path / 'out' / 'eval' / domain)
         train, _ = read_samples(tmp_path / 'out' / 'train' / domain)
-        np.testing.assert_array_equal(evaluation, cut(token_stream(tokenizer, eval_texts)[: 4 * seq_len], seq_len))
-        np.testing.assert_array_equal(train, cut(token_stream(tokenizer, train_texts), seq_len))
-        assert manifest['eval'][domain]['files'] == [eval_file.name]
-        assert manifest['train'][domain]['files'] == [train_file.name]
+        np.testing.assert_array_equal(evaluation, cut(token_stream(tokenizer, texts)[: 4 * seq_len], seq_len))
+        np.testing.assert_array_equal(train, cut(token_stream(tokenizer, texts[eval_documents:]), seq_len))
+        assert manifest['eval'][domain]['files'] == [files[0].name]
+        assert manifest['train'][domain]['files'] == [path.name for path in files]
+        assert manifest['read'][domain]['tokens'] == len(token_stream(tokenizer, texts))

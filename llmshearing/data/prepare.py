@@ -5,10 +5,11 @@ that carry a ``text`` field (other fields are ignored). Every document becomes B
 special token where the tokenizer has one); a domain's documents are concatenated in file-name order and
 cut into ``seq_len`` samples. The tokens after a split's last full sample are dropped and counted.
 
-Evaluation samples come from files that training never reads: a domain's first files in name order, never
-its last one. Training starts at the file after the last one evaluation read (the rest of that file is not
-used). A domain with a single file is split by document instead, with a warning: evaluation takes its first
-documents, training the documents after them.
+Evaluation takes a domain's first whole documents in file order until it has ``eval_samples`` samples, from its
+eval files: every file but the last (the only file of a single-file domain). Every other document goes to
+training, the rest of the eval files included, so the two splits share no document and every line of every
+file is read once. The tokens of the last eval document after the last eval sample are dropped and counted. Per
+domain the manifest's ``read`` tokens equal the ``tokens`` plus ``dropped_tokens`` of both splits.
 
 OUTPUT_DIR gets ``train/<domain>/``, ``eval/<domain>/`` and ``eval/eval_merge/`` (MDS with columns
 ``tokens`` and ``domain``) and ``manifest.json``.
@@ -71,18 +72,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
 
 
 @dataclass
-class SplitStats:
-    """What one domain contributed to one split."""
+class ReadStats:
+    """Every document read from one domain's files: its documents and their tokens, BOS and EOS included."""
 
     files: list[str] = field(default_factory=list)
     documents: int = 0
-    samples: int = 0
     tokens: int = 0
-    dropped_tokens: int = 0
 
     def add_file(self, name: str) -> None:
         if name not in self.files:
             self.files.append(name)
+
+
+@dataclass
+class SplitStats(ReadStats):
+    """What one domain contributed to one split: ``tokens`` in ``samples``, and the ``dropped_tokens`` after them."""
+
+    samples: int = 0
+    dropped_tokens: int = 0
 
 
 @dataclass
@@ -93,6 +100,11 @@ class _TokenizedChunk:
     tokens: np.ndarray
     document_ends: np.ndarray  # end offset of each document in ``tokens``
     skipped: list[str]  # 'FILE:LINE: reason' for each record that was skipped
+
+    def documents_from(self, first: int) -> _TokenizedChunk:
+        """The chunk of the documents from the ``first``-th on (without the skipped records)."""
+        start = int(self.document_ends[first - 1]) if first else 0
+        return _TokenizedChunk(self.file_name, self.tokens[start:], self.document_ends[first:] - start, [])
 
 
 class _ChunkTokenizer:
@@ -218,7 +230,7 @@ class _Settings:
 
 
 class _DomainPreparation:
-    """Writes one domain: its eval samples first, then its train samples; collects its skipped records."""
+    """Writes one domain: its eval samples first, then its train samples; counts what it reads, records skipped."""
 
     def __init__(
         self, domain: str, paths: list[Path], pool: multiprocessing.pool.Pool, settings: _Settings, progress: tqdm
@@ -229,14 +241,12 @@ class _DomainPreparation:
         self.settings = settings
         self.progress = progress
         self.skipped: list[str] = []
+        self.read = ReadStats()
 
-    def tokenized_chunks(
-        self, first_path: int = 0, end_path: int | None = None
-    ) -> Iterator[tuple[int, _TokenizedChunk]]:
-        """Yield (path index, chunk) for ``paths[first_path:end_path]`` in order, tokenised in the worker pool."""
+    def tokenized_chunks(self) -> Iterator[tuple[int, _TokenizedChunk]]:
+        """Yield (path index, chunk) for every file in order, tokenised in the worker pool."""
         pending: deque[tuple[int, multiprocessing.pool.AsyncResult]] = deque()
-        for path_index in range(first_path, len(self.paths) if end_path is None else end_path):
-            path = self.paths[path_index]
+        for path_index, path in enumerate(self.paths):
             for lines, first_line_number in _read_line_chunks(path, self.progress):
                 work = self.pool.apply_async(_tokenize_in_worker, (path.name, lines, first_line_number))
                 pending.append((path_index, work))
@@ -248,48 +258,47 @@ class _DomainPreparation:
     def _collect(self, path_index: int, work: multiprocessing.pool.AsyncResult) -> tuple[int, _TokenizedChunk]:
         chunk = work.get()
         self.skipped += chunk.skipped
+        self.read.add_file(chunk.file_name)
+        self.read.documents += len(chunk.document_ends)
+        self.read.tokens += len(chunk.tokens)
         return path_index, chunk
 
-    def write_eval(self, writers: Sequence[MDSWriter]) -> tuple[SplitStats, Iterator[tuple[int, _TokenizedChunk]]]:
-        """Write up to ``eval_samples`` samples of whole documents; return their stats and the chunks for training."""
+    @property
+    def eval_files(self) -> int:
+        """How many of the domain's first files evaluation may read: all but the last, or the only one."""
+        return max(len(self.paths) - 1, 1)
+
+    def write_eval(
+        self, writers: Sequence[MDSWriter], chunks: Iterator[tuple[int, _TokenizedChunk]]
+    ) -> tuple[SplitStats, Iterator[tuple[int, _TokenizedChunk]]]:
+        """Write up to ``eval_samples`` samples of the first whole documents of ``chunks`` in the eval files;
+        return their stats and the chunks of every document after them, for training."""
         stats = SplitStats()
-        single_file = len(self.paths) == 1
-        if single_file:
-            log.warning(
-                'domain %r has a single file (%s): eval and train split it by document', self.domain, self.paths[0].name
-            )
-        eval_chunks = self.tokenized_chunks(end_path=1 if single_file else len(self.paths) - 1)
         settings = self.settings
         packer = _SamplePacker(writers, self.domain, settings.seq_len, settings.dtype, settings.eval_samples)
-        train_chunks: Iterator[tuple[int, _TokenizedChunk]] = iter(())
-        for path_index, chunk in eval_chunks:
+        rest: list[tuple[int, _TokenizedChunk]] = []
+        for path_index, chunk in chunks:
+            if path_index >= self.eval_files:
+                rest.append((path_index, chunk))
+                break
             stats.add_file(chunk.file_name)
             taken = packer.add(chunk.tokens)
-            if not packer.full:
-                stats.documents += len(chunk.document_ends)
-                continue
-            documents_taken = int(np.searchsorted(chunk.document_ends, taken)) + 1
-            cut = int(chunk.document_ends[documents_taken - 1])
-            stats.documents += documents_taken
-            stats.dropped_tokens = cut - taken
-            if single_file:
-                rest_ends = chunk.document_ends[documents_taken:] - cut
-                rest = _TokenizedChunk(chunk.file_name, chunk.tokens[cut:], rest_ends, [])
-                train_chunks = itertools.chain([(path_index, rest)], eval_chunks)
-            else:
-                eval_chunks.close()
-                train_chunks = self.tokenized_chunks(first_path=path_index + 1)
-            break
-        else:
+            if packer.full:
+                documents_taken = int(np.searchsorted(chunk.document_ends, taken)) + 1
+                stats.documents += documents_taken
+                stats.dropped_tokens = int(chunk.document_ends[documents_taken - 1]) - taken
+                rest.append((path_index, chunk.documents_from(documents_taken)))
+                break
+            stats.documents += len(chunk.document_ends)
+        if not packer.full:
             stats.dropped_tokens = len(packer.leftover)
-            if not single_file:
-                train_chunks = self.tokenized_chunks(first_path=len(self.paths) - 1)
         stats.samples = packer.samples
         stats.tokens = packer.samples * settings.seq_len
-        return stats, train_chunks
+        return stats, itertools.chain(rest, chunks)
 
     def write_train(self, writer: MDSWriter, chunks: Iterable[tuple[int, _TokenizedChunk]]) -> SplitStats:
-        """Write the samples of ``chunks``, at most ``max_docs_per_domain`` documents; return their stats."""
+        """Write the samples of ``chunks``; return their stats. At ``max_docs_per_domain`` documents it stops
+        reading: the documents after them do not count as read."""
         stats = SplitStats()
         max_documents = self.settings.max_docs_per_domain
         packer = _SamplePacker([writer], self.domain, self.settings.seq_len, self.settings.dtype)
@@ -298,6 +307,8 @@ class _DomainPreparation:
             if max_documents is not None:
                 document_ends = document_ends[: max_documents - stats.documents]
                 tokens = tokens[: document_ends[-1] if len(document_ends) else 0]
+                self.read.documents -= len(chunk.document_ends) - len(document_ends)
+                self.read.tokens -= len(chunk.tokens) - len(tokens)
             if len(document_ends):
                 stats.add_file(chunk.file_name)
             stats.documents += len(document_ends)
@@ -403,9 +414,14 @@ def prepare_data(
         'document_format': ' + '.join(
             [loaded_tokenizer.bos_token] * len(bos) + ['text tokens'] + [loaded_tokenizer.eos_token] * len(eos)
         ),
-        'remainder': 'the tokens after the last full sample of each domain and split are dropped (dropped_tokens)',
+        'remainder': (
+            'the tokens after the last full sample of each domain and split are dropped (dropped_tokens), in eval'
+            ' up to the end of its last document; per domain, read.tokens = tokens + dropped_tokens of train and eval'
+        ),
         'eval_samples_per_domain': eval_samples,
+        'max_docs_per_domain': max_docs_per_domain,
         'domains': list(files_by_domain),
+        'read': {},
         'train': {},
         'eval': {},
         'skipped_records': {},
@@ -451,27 +467,30 @@ def _write_domains(
         )
         for domain, paths in files_by_domain.items():
             preparation = _DomainPreparation(domain, paths, pool, settings, progress)
+            train_chunks = preparation.tokenized_chunks()
+            evaluation = SplitStats()
             if settings.eval_samples:
                 with MDSWriter(out=str(staging / 'eval' / domain), columns=columns) as eval_writer:
-                    evaluation, train_chunks = preparation.write_eval([eval_writer, eval_merge])
-            else:
-                evaluation, train_chunks = SplitStats(), preparation.tokenized_chunks()
+                    evaluation, train_chunks = preparation.write_eval([eval_writer, eval_merge], train_chunks)
             with MDSWriter(out=str(staging / 'train' / domain), columns=columns) as train_writer:
                 train = preparation.write_train(train_writer, train_chunks)
             bytes_done += sum(path.stat().st_size for path in paths)
             progress.update(bytes_done - progress.n)
-            _check_domain(domain, train, evaluation, settings)
+            _check_domain(domain, train, evaluation, settings, [path.name for path in paths[: preparation.eval_files]])
             skipped = preparation.skipped
             if skipped:
                 log.warning('domain %r: skipped %d records, first: %s', domain, len(skipped), skipped[0])
             log.info('domain %r: %d train samples, %d eval samples', domain, train.samples, evaluation.samples)
+            manifest['read'][domain] = asdict(preparation.read)
             manifest['train'][domain] = asdict(train)
             if settings.eval_samples:
                 manifest['eval'][domain] = asdict(evaluation)
             manifest['skipped_records'][domain] = {'count': len(skipped), 'first': skipped[:SKIPPED_RECORDS_LISTED]}
 
 
-def _check_domain(domain: str, train: SplitStats, evaluation: SplitStats, settings: _Settings) -> None:
+def _check_domain(
+    domain: str, train: SplitStats, evaluation: SplitStats, settings: _Settings, eval_files: list[str]
+) -> None:
     if train.samples == 0:
         raise ValueError(
             f'domain {domain!r} gives no training sample of {settings.seq_len} tokens'
@@ -479,12 +498,12 @@ def _check_domain(domain: str, train: SplitStats, evaluation: SplitStats, settin
         )
     if settings.eval_samples and evaluation.samples == 0:
         raise ValueError(
-            f'domain {domain!r} gives no eval sample of {settings.seq_len} tokens from files training does not read'
+            f'domain {domain!r} gives no eval sample of {settings.seq_len} tokens from its eval files {eval_files}'
         )
     if evaluation.samples < settings.eval_samples:
         log.warning(
             'domain %r: %d eval samples instead of %d (its eval files %s are used up)',
-            domain, evaluation.samples, settings.eval_samples, evaluation.files,
+            domain, evaluation.samples, settings.eval_samples, eval_files,
         )
 
 

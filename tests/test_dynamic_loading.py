@@ -20,7 +20,7 @@ from streaming import MDSWriter
 from torch.utils.data import DataLoader
 
 from llmshearing.callbacks import DynamicLoading
-from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums
+from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums, final_domain_weights
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
 from llmshearing.toy import SPECIAL_TOKENS, save_toy_model
 
@@ -89,6 +89,7 @@ def test_domain_loss_sums_equal_the_cross_entropy_of_each_domains_tokens():
         ({'smoothing': 1.5}, 'callbacks.dynamic_loading.smoothing must be in [0, 1], got 1.5'),
         ({'reference': 'final'}, "callbacks.dynamic_loading.reference must be 'initial' or a list of losses, got 'final'"),
         ({'reference': [1.0, float('nan'), 2.0]}, 'callbacks.dynamic_loading.reference must be finite losses, got [1.0, nan, 2.0]'),
+        ({'initial_proportions': [0.5, 0.6]}, 'callbacks.dynamic_loading.initial_proportions: must sum to 1'),
     ],
 )
 def test_bad_settings_fail_at_construction_naming_the_key(settings, message):
@@ -242,6 +243,41 @@ def test_loaders_that_do_not_carry_domains_fail_before_training(data):
         DynamicLoading().fit_start(state, RecordingLogger())
 
 
+def test_initial_proportions_replace_the_loaders_from_the_first_sample(data):
+    state = trainer_state(data, lookahead_batches=4)
+    callback = DynamicLoading(initial_proportions=[0.2, 0.3, 0.5])
+    callback.after_load(state, RecordingLogger())
+    callback.fit_start(state, RecordingLogger())
+    assert state.train_dataloader.dataset.schedule == (ProportionChange(0, (0.2, 0.3, 0.5)),)
+    assert callback.proportions == (0.2, 0.3, 0.5)
+
+
+def test_a_resumed_run_keeps_its_checkpoints_proportions(data):
+    state = trainer_state(data)
+    callback = DynamicLoading(initial_proportions=[0.2, 0.3, 0.5])
+    callback.load_state_dict({'references': [1.0, 2.0, 3.0], 'proportions': [0.5, 0.25, 0.25]})
+    callback.after_load(state, RecordingLogger())
+    assert state.train_dataloader.dataset.schedule == (ProportionChange(0, INITIAL),)
+    assert callback.proportions == (0.5, 0.25, 0.25)
+
+
+def test_initial_proportions_that_do_not_fit_the_data_fail_before_training(data, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(
+        'callbacks.dynamic_loading.initial_proportions: expected 3 values, one per domain, got 2',
+    )):
+        DynamicLoading(initial_proportions=[0.5, 0.5]).after_load(trainer_state(data), RecordingLogger())
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f'callbacks.dynamic_loading.initial_proportions: {tmp_path / "pruning"} does not exist',
+    )):
+        DynamicLoading(initial_proportions=str(tmp_path / 'pruning'))
+    (tmp_path / 'checkpoints').mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(
+        f'callbacks.dynamic_loading.initial_proportions: no monolithic Composer checkpoint epE-baB-rank0.pt in '
+        f'{tmp_path} or {tmp_path / "checkpoints"}; pass a checkpoint file or the domain weights as a list',
+    )):
+        DynamicLoading(initial_proportions=str(tmp_path))
+
+
 def test_state_round_trips():
     callback = DynamicLoading()
     callback.load_state_dict({'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]})
@@ -271,6 +307,25 @@ def training_runs(data, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope='module')
+def continued_run(training_runs, data) -> Path:
+    """4 batches of the tiny continued pre-training YAML, starting from the proportions the uninterrupted run
+    ended with, its domains listed in another order."""
+    output = training_runs / 'continued'
+    domains = ('wiki', 'cc', 'github')
+    train_from_yaml(
+        str(REPO / 'yamls/tiny/continued_pretraining.yaml'),
+        [
+            f'variables.model_path={training_runs / "source"}', f'variables.data_local={data}',
+            f'variables.output_dir={output}', 'max_duration=4ba', 'eval_interval=4ba', 'save_interval=4ba',
+            'callbacks.dynamic_loading.reference=[4.0,4.0,4.0]', f'variables.domains=[{",".join(domains)}]',
+            'train_loader.dataset.proportions=[0.2,0.4,0.4]',
+            f'callbacks.dynamic_loading.initial_proportions={training_runs / "uninterrupted"}',
+        ],
+    ).close()
+    return output
+
+
 def load_state(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=False)['state']
 
@@ -282,6 +337,24 @@ def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
     assert state['callbacks']['DynamicLoading'] == {'references': [4.0, 4.0, 4.0], 'proportions': schedule[-1][1]}
     assert max(abs(new - old) for new, old in zip(schedule[-1][1], INITIAL)) > 0.05
     assert sum(schedule[-1][1]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_final_domain_weights_are_those_of_the_runs_last_checkpoint(training_runs):
+    schedule = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')['dataset_state']['train']['schedule']
+    expected = dict(zip(DOMAINS, schedule[-1][1]))
+    assert final_domain_weights(training_runs / 'uninterrupted') == expected
+    assert final_domain_weights(training_runs / 'uninterrupted' / 'checkpoints') == expected
+    four_batches = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt')['dataset_state']['train']
+    assert final_domain_weights(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt') == dict(
+        zip(DOMAINS, four_batches['schedule'][-1][1]),
+    )
+
+
+def test_continued_training_starts_from_the_proportions_a_run_ended_with(training_runs, continued_run):
+    ended_with = final_domain_weights(training_runs / 'uninterrupted')
+    schedule = load_state(continued_run / 'checkpoints' / 'ep0-ba4-rank0.pt')['dataset_state']['train']['schedule']
+    assert schedule[0] == [0, [ended_with['wiki'], ended_with['cc'], ended_with['github']]]
+    assert [start for start, _ in schedule] == [0, 0, 4 * 4]
 
 
 def test_a_resumed_run_equals_the_uninterrupted_one(training_runs):

@@ -3,13 +3,17 @@ eval loss lags furthest behind a reference (Sheared-LLaMA's dynamic batch loadin
 
 ``domain_loss_sums`` and ``doremi_update`` hold the math; ``DynamicLoading`` decides when: it sums each
 domain's token losses over the eval batches, reduces them over ranks after all evaluators ran, updates
-the proportions and hands them to the training dataset.
+the proportions and hands them to the training dataset. ``final_domain_weights`` reads the proportions a
+run ended with, so that continued pre-training can start from those pruning ended with.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +24,14 @@ from composer.loggers import Logger
 from composer.utils import dist
 from torch.utils.data import DataLoader, Dataset
 
-from llmshearing.data.dynamic_dataset import DomainStreamingDataset, DynamicStreamingDataset
+from llmshearing.data.dynamic_dataset import DomainStreamingDataset, DynamicStreamingDataset, validate_proportions
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 UPDATES = ('doremi', 'constant')
+INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
+RANK0_CHECKPOINT = re.compile(r'ep(\d+)-ba(\d+)-rank0\.pt')
 
 
 def domain_loss_sums(
@@ -48,6 +54,47 @@ def domain_loss_sums(
     loss_sums.index_add_(0, domains, token_losses.sum(dim=1).double())
     token_counts.index_add_(0, domains, (targets != IGNORE_INDEX).sum(dim=1).double())
     return loss_sums, token_counts
+
+
+def last_checkpoint(run: str | os.PathLike) -> Path:
+    """``run`` if it is a file, else the rank-0 Composer checkpoint (``epE-baB-rank0.pt``) of the latest batch in
+    the folder ``run`` or in ``run/checkpoints``."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise FileNotFoundError(f'{INITIAL_PROPORTIONS_KEY}: {run} does not exist')
+    for folder in (run / 'checkpoints', run):
+        found = [
+            (int(match[1]), int(match[2]), path)
+            for path in (folder.glob('ep*-ba*-rank0.pt') if folder.is_dir() else ())
+            if (match := RANK0_CHECKPOINT.fullmatch(path.name))
+        ]
+        if found:
+            return max(found)[2]
+    raise FileNotFoundError(
+        f'{INITIAL_PROPORTIONS_KEY}: no monolithic Composer checkpoint epE-baB-rank0.pt in {run} or '
+        f'{run / "checkpoints"}; pass a checkpoint file or the domain weights as a list',
+    )
+
+
+def final_domain_weights(run: str | os.PathLike) -> dict[str, float]:
+    """The training domain proportions a run with ``dynamic_text`` data ended with, by domain name.
+
+    Args:
+        run: the run's output folder (its checkpoints in it or in its ``checkpoints/``), or one of its monolithic
+            Composer checkpoints; read memory-mapped, so the weights and optimizer state stay on disk.
+    """
+    checkpoint = last_checkpoint(run)
+    state = torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)['state']
+    train_state = state.get('dataset_state', {}).get('train')
+    if not isinstance(train_state, dict) or 'schedule' not in train_state:
+        raise ValueError(
+            f'{INITIAL_PROPORTIONS_KEY}: {checkpoint} has no domain proportions: its run did not train on a '
+            f'dynamic_text train_loader',
+        )
+    _, proportions = train_state['schedule'][-1]
+    return dict(zip(train_state['domains'], (float(value) for value in proportions)))
 
 
 def doremi_update(
@@ -79,6 +126,10 @@ class DynamicLoading(Callback):
         eta: the step size η of the ``doremi`` update.
         smoothing: the weight c of the uniform distribution mixed into the ``doremi`` update.
         domains: the domain names this configuration expects, checked against the training data's.
+        initial_proportions: the proportions to start from instead of the train loader's: one per domain, or a
+            run to take them from, the proportions it ended with (``final_domain_weights``: its output folder or
+            one of its checkpoints), matched to this run's domains by name. Continued pre-training uses it to
+            start from the domain weights pruning ended with. A resumed run keeps its checkpoint's proportions.
     """
 
     def __init__(
@@ -88,6 +139,7 @@ class DynamicLoading(Callback):
         eta: float = 1.0,
         smoothing: float = 1e-4,
         domains: Sequence[str] | None = None,
+        initial_proportions: Sequence[float] | str | os.PathLike | None = None,
     ):
         if update not in UPDATES:
             raise ValueError(f'callbacks.dynamic_loading.update must be one of {list(UPDATES)}, got {update!r}')
@@ -109,6 +161,13 @@ class DynamicLoading(Callback):
         self.eta = eta
         self.smoothing = smoothing
         self.expected_domains = None if domains is None else tuple(domains)
+        self.initial_proportions: dict[str, float] | tuple[float, ...] | None = None
+        self._initial_run: str | None = None
+        if isinstance(initial_proportions, (str, os.PathLike)):
+            self.initial_proportions = final_domain_weights(initial_proportions)
+            self._initial_run = str(initial_proportions)
+        elif initial_proportions is not None:
+            self.initial_proportions = _checked_proportions(initial_proportions, len(initial_proportions))
         self.proportions: tuple[float, ...] | None = None
         self._dataset: DynamicStreamingDataset | None = None
         self._eval_labels: set[str] = set()
@@ -195,7 +254,22 @@ class DynamicLoading(Callback):
             )
         self._dataset = dataset
         if self.proportions is None:
+            if self.initial_proportions is not None:
+                dataset.set_initial_proportions(self._initial_proportions_of(domains))
+                if self._initial_run is not None:
+                    log.info('Initial domain proportions: those %s ended with', self._initial_run)
             self.proportions = dataset.proportions
+
+    def _initial_proportions_of(self, domains: tuple[str, ...]) -> tuple[float, ...]:
+        """``initial_proportions`` in the order of ``domains``."""
+        if isinstance(self.initial_proportions, dict):
+            if set(self.initial_proportions) != set(domains):
+                raise ValueError(
+                    f'{INITIAL_PROPORTIONS_KEY}: {self._initial_run} has the domains '
+                    f'{list(self.initial_proportions)}, the training data {list(domains)}',
+                )
+            return tuple(self.initial_proportions[name] for name in domains)
+        return _checked_proportions(self.initial_proportions, len(domains))
 
     def _start_evaluation(self) -> None:
         if self._dataset is None:
@@ -239,6 +313,13 @@ class DynamicLoading(Callback):
             metrics[f'dynamic_loading/reference/{name}'] = reference
             metrics[f'dynamic_loading/proportion/{name}'] = proportion
         logger.log_metrics(metrics)
+
+
+def _checked_proportions(proportions: Sequence[float], num_domains: int) -> tuple[float, ...]:
+    try:
+        return validate_proportions(proportions, num_domains)
+    except ValueError as error:
+        raise ValueError(f'{INITIAL_PROPORTIONS_KEY}: {str(error).removeprefix("proportions: ")}') from error
 
 
 def _dataset_of(loader: Evaluator | DataSpec | DataLoader | None) -> Dataset | None:

@@ -339,6 +339,18 @@ class DynamicStreamingDataset(StreamingDataset):
         """Every proportion change so far, the initial proportions first."""
         return tuple(self._schedule)
 
+    def set_initial_proportions(self, proportions: Sequence[float]) -> None:
+        """Draw every domain from the first sample on with ``proportions``: only before any change or draw."""
+        values = validate_proportions(proportions, len(self.domains))
+        if len(self._schedule) > 1 or self._samples_seen:
+            raise RuntimeError(
+                f'set_initial_proportions: the dataset has drawn {self._samples_seen} samples and has '
+                f'{len(self._schedule) - 1} proportion changes; set the initial proportions before reading it',
+            )
+        self._schedule = [ProportionChange(0, values)]
+        self._schedule_file.write(self._schedule)
+        log.info('Initial domain proportions: %s', dict(zip(self.domains, values)))
+
     def set_proportions(self, proportions: Sequence[float], samples_seen: int | None = None) -> None:
         """Draw the domains with ``proportions`` from the first sample that no DataLoader can have prepared.
 

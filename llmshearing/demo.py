@@ -6,7 +6,8 @@
 2. A small Llama pre-trained on it from scratch (``yamls/tiny/source.yaml``).
 3. The source pruned to a smaller shape with dynamic batch loading (``yamls/tiny/pruning.yaml``), which writes
    the pruned model when it ends.
-4. Continued pre-training of the pruned model (``yamls/tiny/continued_pretraining.yaml``).
+4. Continued pre-training of the pruned model (``yamls/tiny/continued_pretraining.yaml``), starting from the
+   domain weights pruning ended with (``callbacks.dynamic_loading.initial_proportions``).
 5. Per-domain eval losses of the three models, and a report folder with a summary and plots.
 
 Both dynamic-loading stages take the source model's per-domain eval losses as reference losses.
@@ -317,7 +318,8 @@ def run_stages(output_dir: Path, settings: DemoSettings, command: str) -> Path:
 
     continued = TrainingStage(
         'continued pre-training', 'continued_pretraining.yaml', pruning.final_model, data_dir,
-        output_dir / 'continued_pretraining', settings.continued_batches, evaluations, (reference,),
+        output_dir / 'continued_pretraining', settings.continued_batches, evaluations,
+        (reference, f'callbacks.dynamic_loading.initial_proportions={pruning_dir}'),
     )
     log.info('[4/5] continued pre-training with dynamic batch loading for %d batches', continued.batches)
     continued_losses = continued.run()

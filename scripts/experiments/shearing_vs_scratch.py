@@ -7,7 +7,8 @@ On the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer:
    domain mix: each domain in proportion to its training tokens, so an epoch reads every domain once);
 2. per seed, prune S to the target shape T (about half of S's non-embedding parameters; layers, heads, MLP
    channels and hidden width) with dynamic batch loading (``doremi``, reference: S's per-domain eval losses),
-   export it and continue pre-training it for B batches (``yamls/tiny/pruning.yaml``,
+   export it and continue pre-training it for B batches, from the domain weights pruning ended with
+   (``callbacks.dynamic_loading.initial_proportions``; ``yamls/tiny/pruning.yaml``,
    ``yamls/tiny/continued_pretraining.yaml``);
 3. per seed, train a model of shape T from scratch for as many tokens as pruning and continued pre-training
    together (``yamls/tiny/source.yaml``);
@@ -17,8 +18,8 @@ On the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer:
 
 S: hidden 128, 4 heads of 32, MLP 512, 4 layers (1.05 M non-embedding parameters); T: hidden 112, 3 heads of 32,
 MLP 384, 3 layers (0.52 M, 49 %). The 32000-token vocabulary makes the embeddings and the LM head (8.2 M
-parameters in S) the larger part of the compute. Every run starts from the natural mix; scratch and the constant
-ablation keep it.
+parameters in S) the larger part of the compute. S, scratch and pruning start from the natural mix; scratch and the
+constant ablation keep it.
 
     .venv/bin/python scripts/experiments/shearing_vs_scratch.py [--quick] [--output DIR] [--seeds 1 2] [--threads 2]
 """
@@ -217,7 +218,8 @@ def pruning_and_continued(
     settings: Settings, data_dir: Path, source_model: Path, run_dir: Path, seed: int, mix: Sequence[float], update: str,
     reference: str,
 ) -> tuple[Stage, Stage]:
-    """Pruning S to T with ``update`` domain weights, then continued pre-training of the exported model."""
+    """Pruning S to T with ``update`` domain weights, then continued pre-training of the exported model from the
+    domain weights pruning ended with (with ``constant``, the initial ``mix``)."""
     pruning_dir, continued_dir = run_dir / 'pruning', run_dir / 'continued_pretraining'
     pruned_model = pruning_dir / FINAL_MODEL
     target = [f'algorithms.shearing.target.{field}={size}' for field, size in TARGET_SHAPE.items()]
@@ -237,6 +239,7 @@ def pruning_and_continued(
         (
             *common_overrides(settings, pruned_model, data_dir, continued_dir, settings.continued_batches, seed, mix),
             f'callbacks.dynamic_loading.update={update}', reference,
+            f'callbacks.dynamic_loading.initial_proportions={pruning_dir}',
         ),
         continued_dir / FINAL_MODEL,
     )
@@ -369,11 +372,12 @@ def render_report(results: dict[str, Any]) -> str:
         ),
         '',
         f'T keeps {results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S\'s non-embedding parameters; '
-        'pruning learns masks over layers, attention heads, MLP channels and the hidden width. Every run starts from the '
+        'pruning learns masks over layers, attention heads, MLP channels and the hidden width. S, scratch and pruning start from the '
         f'natural mix of the {sum(results["training_tokens"].values()):,} training tokens, each domain in proportion to its '
         f'tokens ({", ".join(f"{domain} {share:.3f}" for domain, share in results["mix"].items())}); S, scratch and the '
         'constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S\'s own '
-        'per-domain eval losses. The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
+        'per-domain eval losses, and continued pre-training starts from the domain weights its pruning run ended with. '
+        'The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
         '',
         '## The source model',
         '',

@@ -34,6 +34,11 @@ INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
 RANK0_CHECKPOINT = re.compile(r'ep(\d+)-ba(\d+)-rank0\.pt')
 
 
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """``[batch, seq_len]``: the label each position predicts (``labels[:, t + 1]``), ``-100`` at the last one."""
+    return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+
+
 def domain_loss_sums(
     logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_domains: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -45,7 +50,7 @@ def domain_loss_sums(
         domains: ``[batch]``, each sample's domain index.
         num_domains: the number of domains.
     """
-    targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # [batch, seq_len]: the token after each position
+    targets = next_token_targets(labels)
     token_losses = F.cross_entropy(
         logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction='none',
     ).view(targets.shape)
@@ -257,7 +262,7 @@ class DynamicLoading(Callback):
             if self.initial_proportions is not None:
                 dataset.set_initial_proportions(self._initial_proportions_of(domains))
                 if self._initial_run is not None:
-                    log.info('Initial domain proportions: those %s ended with', self._initial_run)
+                    log.info('dynamic_loading starts from the domain proportions %s ended with', self._initial_run)
             self.proportions = dataset.proportions
 
     def _initial_proportions_of(self, domains: tuple[str, ...]) -> tuple[float, ...]:

@@ -1,6 +1,10 @@
 """``llmshearing export``: a Composer checkpoint of a pruning run to a plain, pruned Hugging Face model.
 
-It reads checkpoints of this package's runs and of the original LLM-Shearing code.
+It reads checkpoints of this package's runs and of the original LLM-Shearing code: monolithic ones (one
+``torch.save`` file, memory-mapped) and Composer's sharded ones (a ``torch.distributed.checkpoint`` folder written by
+FSDP with ``state_dict_type: sharded``), on a CPU. Only the model's weights, the algorithm state (the mask
+configuration) and the Hugging Face integration state (config, tokenizer) are read, never the optimizer's state, so
+the peak memory is about the source model's weights plus the pruned model's.
 """
 
 from __future__ import annotations
@@ -8,12 +12,14 @@ from __future__ import annotations
 import argparse
 import logging
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from composer.models import HuggingFaceModel
 from composer.models.huggingface import get_hf_config_from_composer_state_dict
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_utils import no_init_weights
 
@@ -25,14 +31,30 @@ log = logging.getLogger(__name__)
 
 DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
 MODEL_PREFIX = 'model.'
+LATEST_CHECKPOINTS = ('latest-rank0.pt', 'latest-sharded-rank0')
+"""The links Composer keeps in a save folder to its latest monolithic and latest sharded checkpoint."""
+SHARDED_METADATA = '.metadata'
+EXPORTED_STATE = ('model', 'algorithms', 'integrations')
+"""The parts of a checkpoint's ``state`` that export reads."""
+
+
+def is_sharded_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is a sharded (``torch.distributed.checkpoint``) checkpoint folder."""
+    return (path / SHARDED_METADATA).is_file()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the ``latest-rank0.pt`` of a save folder."""
+    """A checkpoint file, a sharded checkpoint folder, or the latest checkpoint of a save folder."""
     path = Path(path)
-    if path.is_dir():
-        path = path / 'latest-rank0.pt'
-    if not path.is_file():
+    if path.is_dir() and not is_sharded_checkpoint(path):
+        latest = [path / name for name in LATEST_CHECKPOINTS if (path / name).exists()]
+        if not latest:
+            raise FileNotFoundError(
+                f'checkpoint folder {path} has no {" or ".join(LATEST_CHECKPOINTS)} and is not a sharded checkpoint '
+                f'(no {SHARDED_METADATA})'
+            )
+        path = latest[0]
+    if not (path.is_file() or is_sharded_checkpoint(path)):
         raise FileNotFoundError(f'checkpoint {path} does not exist')
     return path
 
@@ -45,9 +67,16 @@ def _mask_config(checkpoint: dict[str, Any], path: Path) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
-    """The checkpoint's file and its contents."""
+    """The checkpoint's path and the parts of its state that export reads (``EXPORTED_STATE``), as
+    ``{'state': {...}}``. A monolithic checkpoint is memory-mapped: only the pages of the tensors used are read."""
     path = resolve_checkpoint(path)
-    return path, torch.load(path, map_location='cpu', weights_only=False)
+    if is_sharded_checkpoint(path):
+        keys = {f'state.{name}' for name in EXPORTED_STATE}
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'torch.distributed is unavailable or uninitialized')  # one process reads
+            return path, _load_state_dict_from_keys(keys, checkpoint_id=str(path))
+    state = torch.load(path, map_location='cpu', mmap=True, weights_only=False)['state']
+    return path, {'state': {name: state[name] for name in EXPORTED_STATE if name in state}}
 
 
 def masked_model_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:
@@ -69,7 +98,9 @@ def _masked_model(checkpoint: dict[str, Any], path: Path) -> PreTrainedModel:
         for name, tensor in checkpoint['state']['model'].items()
         if name.startswith(MODEL_PREFIX)
     }
-    model.load_state_dict(weights, strict=True)
+    # The checkpoint's tensors become the parameters: the model's own, never written, are freed without a copy.
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.tie_weights()
     return model.eval()
 
 
@@ -144,8 +175,8 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser('export', help='Export a pruning checkpoint as a pruned Hugging Face model')
     parser.add_argument(
         'checkpoint',
-        help='Composer checkpoint file, or a save folder (its latest-rank0.pt), of this package or of the original '
-        'LLM-Shearing code',
+        help='Composer checkpoint: a file, a sharded checkpoint folder, or a save folder (its latest-rank0.pt or '
+        'latest-sharded-rank0), of this package or of the original LLM-Shearing code',
     )
     parser.add_argument('output_dir', help='folder for the pruned model, config and tokenizer')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='weight dtype (default: bf16)')

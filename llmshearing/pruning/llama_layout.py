@@ -285,6 +285,7 @@ def prune_model(
     state = pruned_state_dict(model, l0_module, masks, scale_embedding)
     with no_init_weights():
         pruned = type(model)(config)
+    # The folded weights become the parameters: the model's own, never written, are freed without a copy.
+    pruned.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True, assign=True)
     pruned.tie_weights()
-    pruned.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True)
     return pruned.to(dtype).eval()

@@ -10,6 +10,9 @@
    domain weights pruning ended with (``callbacks.dynamic_loading.initial_proportions``).
 5. Per-domain eval losses of the three models, and a report folder with a summary and plots.
 
+The console shows one line per stage: a progress bar, the wall time and the stage's key figure. Each stage's
+whole log is in ``OUTPUT/<stage>/log.txt``; ``--verbose`` shows it on the console as well.
+
 Both dynamic-loading stages take the source model's per-domain eval losses as reference losses.
 """
 
@@ -24,24 +27,27 @@ import shlex
 import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pydoc_data.topics
 import torch
-from tqdm import tqdm
 
 from llmshearing import report
 from llmshearing.data.prepare import prepare_data
 from llmshearing.data.reference_loss import evaluate_domain_losses
 from llmshearing.pruning.export import masked_model_from_checkpoint
+from llmshearing.resources import recipe_path
+from llmshearing.stage_console import Stage, console_stage, register_stage_progress
 from llmshearing.toy import byte_level_tokenizer, llama_config
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[1]
+RECIPES = 'tiny'
+"""The recipes the demo trains with, in ``yamls/`` (``llmshearing/recipes/`` when installed)."""
+STAGES = 5
 DOMAINS = ('code', 'reference', 'docs')
 SEQ_LEN = 64
 EVAL_BATCH_SIZE = 8
@@ -168,13 +174,12 @@ def write_domain_jsonl(folder: Path, texts: Sequence[str], num_files: int) -> No
             file.close()
 
 
-def write_corpus(corpus_dir: Path, max_characters_per_domain: int) -> None:
-    """Write every domain of ``CORPUS`` as ``corpus_dir/<domain>/part-N.jsonl``."""
-    for domain in tqdm(CORPUS, desc='demo corpus', unit='domain'):
-        texts = domain_texts(domain, max_characters_per_domain)
-        write_domain_jsonl(corpus_dir / domain.name, texts, FILES_PER_DOMAIN)
-        characters = sum(len(text) for text in texts)
-        log.info('domain %r: %d documents, %d characters, from %s', domain.name, len(texts), characters, domain.origin)
+def write_corpus_domain(corpus_dir: Path, domain: CorpusDomain, max_characters: int) -> None:
+    """Write ``domain`` as ``corpus_dir/<domain>/part-N.jsonl``."""
+    texts = domain_texts(domain, max_characters)
+    write_domain_jsonl(corpus_dir / domain.name, texts, FILES_PER_DOMAIN)
+    characters = sum(len(text) for text in texts)
+    log.info('domain %r: %d documents, %d characters, from %s', domain.name, len(texts), characters, domain.origin)
 
 
 @dataclass(frozen=True)
@@ -193,7 +198,7 @@ class TrainingStage:
 
     @property
     def yaml(self) -> Path:
-        return REPO / 'yamls' / 'tiny' / self.yaml_name
+        return recipe_path(f'{RECIPES}/{self.yaml_name}')
 
     @property
     def overrides(self) -> list[str]:
@@ -224,7 +229,7 @@ class TrainingStage:
     def commands(self) -> list[str]:
         """The training and the evaluation as commands (training from the repository root)."""
         return [
-            shlex.join(['composer', 'train.py', str(self.yaml.relative_to(REPO)), *self.overrides]),
+            shlex.join(['composer', 'train.py', f'yamls/{RECIPES}/{self.yaml_name}', *self.overrides]),
             shlex.join([
                 'llmshearing', 'reference-loss', 'eval', str(self.final_model), str(self.data_dir), '--out',
                 str(self.losses_file), '--domains', ','.join(DOMAINS), '--batch-size', str(EVAL_BATCH_SIZE),
@@ -232,13 +237,13 @@ class TrainingStage:
         ]
 
     def run(self) -> dict[str, Any]:
-        """Check the config as ``train.py`` does, train, then write the final model's per-domain eval losses to
-        ``losses_file`` and return them."""
+        """Check the config as ``train.py`` does, train (advancing the console stage's bar at every batch), then
+        write the final model's per-domain eval losses to ``losses_file`` and return them."""
         from llmfoundry.command_utils import train
 
         from llmshearing.preflight import check_train_config, load_train_config
 
-        config = load_train_config(self.yaml, self.overrides)
+        config = load_train_config(self.yaml, [*self.overrides, f'callbacks.{register_stage_progress()}={{}}'])
         check_train_config(config)
         train(config).close()
         losses = evaluate_domain_losses(self.final_model, self.data_dir, DOMAINS, batch_size=EVAL_BATCH_SIZE)
@@ -262,47 +267,60 @@ def reference_override(losses: dict[str, float]) -> str:
     return 'callbacks.dynamic_loading.reference=[' + ','.join(f'{losses[domain]:.6f}' for domain in DOMAINS) + ']'
 
 
-def run_demo(output_dir: str | Path, quick: bool = False) -> Path:
-    """Run every stage into ``output_dir`` (which must be new or empty); return the report folder."""
+def run_demo(output_dir: str | Path, quick: bool = False, verbose: bool = False) -> Path:
+    """Run every stage into ``output_dir`` (which must be new or empty); return the report folder. The console
+    shows one line per stage (``verbose``: everything each stage logs and prints as well)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
         raise FileExistsError(f'output folder {output_dir} exists and is not empty; choose another with --output')
     output_dir = output_dir.resolve()
     command = shlex.join(['llmshearing', 'demo', *(['--quick'] if quick else []), '--output', str(output_dir)])
     with torch_threads(TORCH_THREADS):
-        return run_stages(output_dir, QUICK if quick else FULL, command)
+        return run_stages(output_dir, QUICK if quick else FULL, command, verbose)
 
 
-def run_stages(output_dir: Path, settings: DemoSettings, command: str) -> Path:
-    """The demo's stages, into ``output_dir``; ``command`` is how the report says it was run."""
+def run_stages(output_dir: Path, settings: DemoSettings, command: str, verbose: bool = False) -> Path:
+    """The demo's stages, into ``output_dir``, each one line on the console with its log in ``<stage>/log.txt``
+    (``verbose``: everything on the console as well); ``command`` is how the report says it was run."""
     started = time.monotonic()
     corpus_dir, data_dir, tokenizer_dir = output_dir / 'corpus', output_dir / 'data', output_dir / 'tokenizer'
     evaluations = settings.evaluations_per_stage
 
-    log.info(
-        '[1/5] corpus: %s, at most about %d characters each, prepared as MDS',
-        ', '.join(DOMAINS), settings.max_characters_per_domain,
-    )
-    write_corpus(corpus_dir, settings.max_characters_per_domain)
-    tokenizer = byte_level_tokenizer()
-    tokenizer.save_pretrained(tokenizer_dir)
-    prepare_data(corpus_dir, data_dir, tokenizer_dir, SEQ_LEN, eval_samples=settings.eval_samples, domains=DOMAINS)
+    def demo_stage(index: int, label: str, folder: Path, total: int, unit: str) -> AbstractContextManager[Stage]:
+        return console_stage(f'[{index}/{STAGES}] {label}', folder, total, unit, verbose)
+
+    with demo_stage(1, 'corpus, prepared as MDS shards', corpus_dir, len(CORPUS) + 1, 'steps') as current:
+        log.info('corpus: %s, at most about %d characters each', ', '.join(DOMAINS), settings.max_characters_per_domain)
+        for domain in CORPUS:
+            write_corpus_domain(corpus_dir, domain, settings.max_characters_per_domain)
+            current.bar.update(1)
+        tokenizer = byte_level_tokenizer()
+        tokenizer.save_pretrained(tokenizer_dir)
+        manifest = prepare_data(
+            corpus_dir, data_dir, tokenizer_dir, SEQ_LEN, eval_samples=settings.eval_samples, domains=DOMAINS,
+        )
+        current.bar.update(1)
+        train_tokens, eval_tokens = (
+            sum(split['tokens'] for split in manifest[split_name].values()) for split_name in ('train', 'eval')
+        )
+        current.figure = f'{train_tokens:,} train and {eval_tokens:,} eval tokens'
     prepare_command = shlex.join([
         'llmshearing', 'prepare-data', str(corpus_dir), str(data_dir), '--tokenizer', str(tokenizer_dir),
         '--seq-len', str(SEQ_LEN), '--eval-samples', str(settings.eval_samples), '--domains', ','.join(DOMAINS),
     ])
 
     init_dir = output_dir / 'source' / 'init'
-    llama_config(len(tokenizer)).save_pretrained(init_dir)
-    tokenizer.save_pretrained(init_dir)
     source = TrainingStage(
         'source', 'source.yaml', init_dir, data_dir, output_dir / 'source', settings.source_batches, evaluations,
     )
-    log.info('[2/5] source model: pre-training from scratch for %d batches', source.batches)
-    source_losses = source.run()
+    with demo_stage(2, 'source model, trained from scratch', source.output_dir, source.batches, 'batches') as current:
+        llama_config(len(tokenizer)).save_pretrained(init_dir)
+        tokenizer.save_pretrained(init_dir)
+        source_model = report.ModelSummary.from_evaluation('source', source.run())
+        current.figure = f'eval loss {source_model.mean_loss:.3f}'
 
     # Both dynamic-loading stages aim at the source model's per-domain losses.
-    reference = reference_override(source_losses['losses'])
+    reference = reference_override(source_model.losses)
     pruning_dir = output_dir / 'pruning'
     pruning = TrainingStage(
         'pruning', 'pruning.yaml', source.final_model, data_dir, pruning_dir, settings.pruning_batches, evaluations,
@@ -313,34 +331,36 @@ def run_stages(output_dir: Path, settings: DemoSettings, command: str) -> Path:
             reference,
         ),
     )
-    log.info('[3/5] pruning with dynamic batch loading for %d batches', pruning.batches)
-    pruned_losses = pruning.run()
+    with demo_stage(3, 'pruning + dynamic batch loading', pruning_dir, pruning.batches, 'batches') as current:
+        pruned_model = report.ModelSummary.from_evaluation('pruned', pruning.run())
+        kept = ', '.join(f'{report.SHAPE_HEADERS[name]} {size}' for name, size in pruned_model.shape.items())
+        current.figure = f'kept {kept}; eval loss {pruned_model.mean_loss:.3f}'
 
     continued = TrainingStage(
         'continued pre-training', 'continued_pretraining.yaml', pruning.final_model, data_dir,
         output_dir / 'continued_pretraining', settings.continued_batches, evaluations,
         (reference, f'callbacks.dynamic_loading.initial_proportions={pruning_dir}'),
     )
-    log.info('[4/5] continued pre-training with dynamic batch loading for %d batches', continued.batches)
-    continued_losses = continued.run()
+    label = 'continued pre-training + dynamic loading'
+    with demo_stage(4, label, continued.output_dir, continued.batches, 'batches') as current:
+        continued_model = report.ModelSummary.from_evaluation('continued', continued.run())
+        current.figure = f'eval loss {continued_model.mean_loss:.3f}'
 
-    log.info('[5/5] report')
-    masked_model, _ = masked_model_from_checkpoint(pruning_dir / 'checkpoints')
-    stages = (source, pruning, continued)
-    report_dir = report.write_report(
-        output_dir / 'report',
-        corpus={domain.name: domain.origin for domain in CORPUS},
-        models=[
-            report.ModelSummary.from_evaluation('source', source_losses),
-            report.ModelSummary.from_evaluation('pruned', pruned_losses),
-            report.ModelSummary.from_evaluation('continued', continued_losses),
-        ],
-        stages=[report.StageMetrics.from_log(stage.name, stage.metrics_file) for stage in stages],
-        masks=masked_model.l0_module.deterministic_masks(),
-        commands=[command, prepare_command, *(line for stage in stages for line in stage.commands)],
-        wall_seconds=time.monotonic() - started,
-    )
-    log.info('demo finished in %.0f s; report: %s', time.monotonic() - started, report_dir / 'README.md')
+    report_dir = output_dir / 'report'
+    with demo_stage(5, 'report', report_dir, 1, 'steps') as current:
+        masked_model, _ = masked_model_from_checkpoint(pruning_dir / 'checkpoints')
+        stages = (source, pruning, continued)
+        report.write_report(
+            report_dir,
+            corpus={domain.name: domain.origin for domain in CORPUS},
+            models=[source_model, pruned_model, continued_model],
+            stages=[report.StageMetrics.from_log(stage.name, stage.metrics_file) for stage in stages],
+            masks=masked_model.l0_module.deterministic_masks(),
+            commands=[command, prepare_command, *(line for stage in stages for line in stage.commands)],
+            wall_seconds=time.monotonic() - started,
+        )
+        current.bar.update(1)
+        current.figure = f'{report_dir / "README.md"} (the demo took {time.monotonic() - started:.0f} s)'
     return report_dir
 
 
@@ -353,4 +373,9 @@ def add_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument('--output', default='outputs/demo', help='a new or empty folder for all the demo writes')
     parser.add_argument('--quick', action='store_true', help='less text, fewer batches: one to two minutes on 2 cores')
-    parser.set_defaults(run=lambda args: run_demo(args.output, args.quick))
+    parser.add_argument(
+        '--verbose',
+        action='store_true',
+        help="show each stage's whole log on the console as well (it is always in OUTPUT/<stage>/log.txt)",
+    )
+    parser.set_defaults(run=lambda args: run_demo(args.output, args.quick, args.verbose))

@@ -317,7 +317,7 @@ def write_report(
     if pruning is None:
         raise ValueError(f'no stage of {[stage.name for stage in stages]} logged {EXPECTED_SPARSITY_PREFIX}* metrics')
     report_dir = Path(report_dir)
-    report_dir.mkdir(parents=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
     domains = list(models[0].losses)
     figures = {
         'domain_losses.png': plot_domain_losses(stages, domains),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,10 +27,21 @@ PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 
 
 @pytest.fixture(scope='module')
-def demo_output(tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp('demo') / 'output'
-    assert cli.main(['demo', '--quick', '--output', str(output)]) == 0
-    return output
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The output folder and the finished process of ``llmshearing demo --quick``, run from an unrelated folder."""
+    root = tmp_path_factory.mktemp('demo')
+    (root / 'elsewhere').mkdir()
+    output = root / 'output'
+    command = [str(Path(sys.executable).with_name('llmshearing')), 'demo', '--quick', '--output', str(output)]
+    # Bytes, not text: text mode would turn the bars' carriage returns into line ends.
+    result = subprocess.run(command, cwd=root / 'elsewhere', capture_output=True)
+    assert result.returncode == 0, (result.stdout[-3000:] + result.stderr[-3000:]).decode(errors='replace')
+    return output, result
+
+
+@pytest.fixture(scope='module')
+def demo_output(demo_run) -> Path:
+    return demo_run[0]
 
 
 @pytest.fixture(scope='module')
@@ -45,6 +58,30 @@ def _tables(report_text: str) -> dict[str, list[list[str]]]:
         if rows:
             tables[title] = rows
     return tables
+
+
+@pytest.mark.slow
+def test_the_console_shows_one_line_per_stage_and_the_logs_hold_the_rest(demo_run):
+    output, result = demo_run
+    # A bar redraws its line after carriage returns; what stays on the screen is the text after the last one.
+    lines = [line.split('\r')[-1] for line in result.stdout.decode().split('\n') if line]
+    report = re.escape(str(output / 'report' / 'README.md'))
+    expected_endings = [
+        r'4/4 steps \[\d\d:\d\d\], [\d,]+ train and [\d,]+ eval tokens',
+        r'240/240 batches \[\d\d:\d\d\], eval loss \d+\.\d{3}',
+        r'60/60 batches \[\d\d:\d\d\], kept hidden 48, heads 2, kv heads 2, MLP 64, layers 3; eval loss \d+\.\d{3}',
+        r'60/60 batches \[\d\d:\d\d\], eval loss \d+\.\d{3}',
+        rf'1/1 steps \[\d\d:\d\d\], {report} \(the demo took \d+ s\)',
+    ]
+    assert len(lines) == len(expected_endings), lines
+    for index, (line, ending) in enumerate(zip(lines, expected_endings), start=1):
+        assert line.startswith(f'[{index}/5] ') and re.search(ending + '$', line), line
+    assert result.stderr == b''
+    for stage in ('corpus', 'source', 'pruning', 'continued_pretraining', 'report'):
+        assert (output / stage / 'log.txt').is_file(), stage
+    for stage in ('source', 'pruning', 'continued_pretraining'):
+        log_text = (output / stage / 'log.txt').read_text()
+        assert '[batch=' in log_text and 'llmfoundry.command_utils.train' in log_text, stage
 
 
 @pytest.mark.slow

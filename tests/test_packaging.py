@@ -34,8 +34,8 @@ def wheel(tmp_path_factory) -> Path:
             shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns('__pycache__'))
         else:
             shutil.copy(REPO / name, source / name)
-    command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(root), str(source)]
-    result = subprocess.run(command, capture_output=True, text=True)
+    command = [sys.executable, '-m', 'pip', 'wheel', '--no-deps', '--no-build-isolation', '-q', '-w', str(root)]
+    result = subprocess.run([*command, str(source)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     (wheel_file,) = root.glob('llm_shearing-*.whl')
     return wheel_file
@@ -45,7 +45,7 @@ def test_the_wheel_holds_every_module_and_recipe_and_nothing_else(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {path.relative_to(REPO).as_posix() for path in (REPO / 'llmshearing').rglob('*.py')}
     recipes = {
-        'llmshearing/recipes/' + path.relative_to(REPO / 'yamls').as_posix() for path in (REPO / 'yamls').rglob('*.yaml')
+        f'llmshearing/recipes/{path.relative_to(REPO / "yamls").as_posix()}' for path in (REPO / 'yamls').rglob('*.yaml')
     }
     assert 'llmshearing/recipes/tiny/pruning.yaml' in recipes
     package_files = {name for name in names if not name.startswith('llm_shearing-')}
@@ -56,8 +56,9 @@ def test_the_wheel_holds_every_module_and_recipe_and_nothing_else(wheel):
 
 
 def test_the_wheel_declares_the_command_and_the_plugins(wheel):
-    (entry_points,) = [name for name in zipfile.ZipFile(wheel).namelist() if name.endswith('.dist-info/entry_points.txt')]
-    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    archive = zipfile.ZipFile(wheel)
+    (entry_points,) = [name for name in archive.namelist() if name.endswith('.dist-info/entry_points.txt')]
+    text = archive.read(entry_points).decode()
     for entry_point in ENTRY_POINTS:
         assert entry_point in text
 

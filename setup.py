@@ -36,7 +36,10 @@ setup(
     },
     entry_points={
         'console_scripts': ['llmshearing = llmshearing.cli:main'],
-        'llmfoundry_algorithms': ['shearing = llmshearing.pruning.algorithm:Shearing'],
+        'llmfoundry_algorithms': [
+            'shearing = llmshearing.pruning.algorithm:Shearing',
+            'distillation = llmshearing.distillation.algorithm:Distillation',
+        ],
         'llmfoundry_dataloaders': ['dynamic_text = llmshearing.data.dataloader:build_dynamic_text_dataloader'],
         'llmfoundry_callbacks': ['dynamic_loading = llmshearing.callbacks.dynamic_loading:DynamicLoading'],
         'llmfoundry_loggers': ['jsonl = llmshearing.loggers:JSONLinesLogger'],

@@ -3,6 +3,7 @@ with a message naming its key instead of after the model has loaded or mid-run."
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 from transformers import AutoConfig, AutoTokenizer
 
+from llmshearing.distillation.algorithm import Distillation, check_teacher_matches
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.shape import ModelShape
 
@@ -62,6 +64,22 @@ def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
             )
         except ValueError as error:
             raise ValueError(f'algorithms.shearing: {error}') from error
+    distillation = (train_config.algorithms or {}).get('distillation')
+    if distillation is not None:
+        check_teacher_matches(distillation['teacher'], model_config, tokenizer)
+
+
+def _check_distillation_settings(train_config: TrainConfig) -> None:
+    distillation = (train_config.algorithms or {}).get('distillation')
+    if distillation is None:
+        return
+    settings = inspect.signature(Distillation).parameters
+    for key in distillation:
+        if key not in settings:
+            raise ValueError(f'algorithms.distillation.{key} is not a setting; the settings are {", ".join(settings)}')
+    if distillation.get('teacher') is None:
+        raise ValueError('algorithms.distillation.teacher is required: the folder of the teacher HF model')
+    Distillation(**distillation)
 
 
 def _check_data(train_config: TrainConfig) -> None:
@@ -91,8 +109,10 @@ def _check_checkpoints(train_config: TrainConfig) -> None:
 
 
 def check_train_config(config: DictConfig) -> TrainConfig:
-    """Validate keys (llm-foundry's own check), paths, the model/tokenizer pair and the pruning target."""
+    """Validate keys (llm-foundry's own check), paths, the model/tokenizer pair, the pruning target and the
+    distillation settings and teacher."""
     _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
+    _check_distillation_settings(train_config)
     _check_model_and_tokenizer(train_config)
     _check_data(train_config)
     _check_checkpoints(train_config)

@@ -17,6 +17,7 @@ SOURCES = ('setup.py', 'README.md', 'llmshearing', 'yamls')
 ENTRY_POINTS = (
     'llmshearing = llmshearing.cli:main',
     'shearing = llmshearing.pruning.algorithm:Shearing',
+    'distillation = llmshearing.distillation.algorithm:Distillation',
     'dynamic_text = llmshearing.data.dataloader:build_dynamic_text_dataloader',
     'dynamic_loading = llmshearing.callbacks.dynamic_loading:DynamicLoading',
     'jsonl = llmshearing.loggers:JSONLinesLogger',

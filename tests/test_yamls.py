@@ -1,5 +1,5 @@
-"""Every shipped YAML parses, llm-foundry accepts its keys, and its model, algorithm, loaders and
-callbacks build (7B-sized sources on the meta device)."""
+"""Every shipped YAML parses, llm-foundry accepts its keys, and its model, algorithms (a distillation teacher
+too), loaders and callbacks build (7B-sized sources and teachers on the meta device)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from transformers import AutoConfig
 
+from llmshearing.distillation import Distillation
+from llmshearing.distillation.algorithm import load_teacher
 from llmshearing.preflight import check_train_config, load_train_config
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.toy import byte_level_tokenizer, save_toy_model
@@ -84,6 +86,9 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
     variables = om.load(yaml_path).get('variables', {})
     if 'output_dir' in variables:
         overrides.append(f'variables.output_dir={workspace / "runs" / yaml_path.stem}')
+    if 'teacher_path' in variables:
+        # The distillation recipes' teacher: the pruning source (the toy source for the tiny ones).
+        overrides.append(f'variables.teacher_path={workspace / "models" / ("llama2_7b" if source else "toy")}')
     if source is None:
         overrides.append(f'variables.domains=[{",".join(DOMAINS[:len(variables.domains)])}]')
     train_config = check_train_config(load_train_config(yaml_path, overrides))
@@ -96,6 +101,10 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
 
     for name, kwargs in (train_config.algorithms or {}).items():
         algorithm = build_algorithm(name, kwargs)
+        if isinstance(algorithm, Distillation):
+            teacher = load_teacher(algorithm.teacher_folder, torch.bfloat16, device='meta' if source else 'cpu')
+            assert teacher.config.vocab_size == model.model.config.vocab_size
+            continue
         assert isinstance(algorithm, Shearing)
         l0_module = apply_shearing(model.model, None, **{k: v for k, v in algorithm.mask_config().items()})
         assert l0_module.final_shape() == l0_module.source.with_target(kwargs['target'])

@@ -1,6 +1,11 @@
-"""Targeted structured pruning: hard-concrete masks, the Lagrangian, the Composer algorithm, physical pruning."""
+"""Targeted structured pruning: hard-concrete masks, the Lagrangian, the Composer algorithm, physical pruning.
 
-from llmshearing.pruning.algorithm import Shearing, apply_shearing
+The masks and physical pruning need only torch and transformers; the Composer algorithm (``Shearing``,
+``apply_shearing``) loads Composer on first use.
+"""
+
+from typing import Any
+
 from llmshearing.pruning.l0_module import PRUNING_MODULES, L0Module, StructureMasks
 from llmshearing.pruning.llama_layout import attach_masks, prune_model
 from llmshearing.pruning.shape import ModelShape
@@ -15,3 +20,11 @@ __all__ = [
     'attach_masks',
     'prune_model',
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ('Shearing', 'apply_shearing'):
+        from llmshearing.pruning import algorithm
+
+        return getattr(algorithm, name)
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -1,8 +1,8 @@
 """Time of one pruning training step divided by one plain training step of the same model and batch.
 
-Both steps (forward, backward, AdamW step) run interleaved in one process, so machine noise hits both
-alike; the figure is the median of the per-repeat ratios. The physical limit is 1.0: the masks add
-O(tokens * width) work to O(tokens * width^2) matmuls.
+Both steps (forward, backward, AdamW step; the pruning step's optimizer holds the masks and multipliers too)
+run interleaved in one process, so machine noise hits both alike; the figure is the median of the per-repeat
+ratios. The physical limit is 1.0: the masks add O(tokens * width) work to O(tokens * width^2) matmuls.
 
     .venv/bin/python scripts/bench/pruning_step.py [--device cuda --dtype bf16]
 """
@@ -17,7 +17,7 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llmshearing.pruning import apply_shearing
+from llmshearing.pruning import attach_masks
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
@@ -43,6 +43,19 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+def interleaved_times(first, second, repeats: int, device: torch.device, warmup: int = 2) -> tuple[list[float], list[float]]:
+    """Seconds of each of ``repeats`` calls of ``first`` and of ``second``, called alternately after ``warmup``
+    untimed calls of each, so that machine noise hits both alike."""
+    for _ in range(warmup):
+        first()
+        second()
+    first_times, second_times = [], []
+    for _ in range(repeats):
+        first_times.append(timed(first, device))
+        second_times.append(timed(second, device))
+    return first_times, second_times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--device', default='cpu')
@@ -64,12 +77,12 @@ def main() -> None:
     plain = LlamaForCausalLM(config).to(device, DTYPES[args.dtype]).train()
     pruned = copy.deepcopy(plain)
     plain_optimizer = torch.optim.AdamW(plain.parameters(), lr=1e-5)
-    pruning_optimizer = torch.optim.AdamW(pruned.parameters(), lr=1e-5)
     target = {
         'hidden_size': hidden * 5 // 8, 'num_attention_heads': config.num_attention_heads * 5 // 8,
         'intermediate_size': config.intermediate_size * 5 // 8, 'num_hidden_layers': args.layers * 3 // 4,
     }
-    l0_module = apply_shearing(pruned, pruning_optimizer, target, ['layer', 'head', 'intermediate', 'hidden'])
+    l0_module = attach_masks(pruned, target, ['layer', 'head', 'intermediate', 'hidden'])
+    pruning_optimizer = torch.optim.AdamW(pruned.parameters(), lr=1e-5)
     input_ids = torch.randint(0, config.vocab_size, (args.batch_size, args.seq_len), device=device)
 
     def plain_step() -> None:
@@ -78,15 +91,8 @@ def main() -> None:
     def pruning_step() -> None:
         training_step(pruned, pruning_optimizer, input_ids, l0_module)
 
-    for _ in range(2):
-        plain_step()
-        pruning_step()
-    ratios, plain_times, pruning_times = [], [], []
-    for _ in range(args.repeats):
-        plain_time, pruning_time = timed(plain_step, device), timed(pruning_step, device)
-        plain_times.append(plain_time)
-        pruning_times.append(pruning_time)
-        ratios.append(pruning_time / plain_time)
+    plain_times, pruning_times = interleaved_times(plain_step, pruning_step, args.repeats, device)
+    ratios = [pruning / plain for plain, pruning in zip(plain_times, pruning_times)]
     print(
         f'model: hidden {hidden}, layers {args.layers}, batch {args.batch_size} x {args.seq_len} tokens, '
         f'{args.device} {args.dtype}, {torch.get_num_threads()} threads',

@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PACKAGES=(
-    # the pinned stack (transformers, tokenizers, huggingface-hub, accelerate, fsspec and setuptools replace the
-    # machine's newer releases, which the pinned stack does not accept)
-    mosaicml llm-foundry mosaicml-streaming transformers tokenizers huggingface-hub accelerate fsspec setuptools omegaconf
+    # the pinned stack (transformers, tokenizers, huggingface-hub, accelerate, fsspec, torchmetrics and setuptools
+    # replace the machine's newer releases, which the pinned stack does not accept)
+    mosaicml llm-foundry mosaicml-streaming transformers tokenizers huggingface-hub accelerate fsspec torchmetrics
+    setuptools omegaconf
     # imported by them during the check, missing on the machine (mlflow-skinny holds the mlflow modules llm-foundry
     # imports, without the 29 MB web UI of mlflow; boto3 is optional where accelerate imports it)
     annotated-types backoff bcrypt beautifulsoup4 brotli cachetools catalogue cffi chardet coolname cramjam

@@ -1,6 +1,6 @@
-"""Invariant 4 on the tiny recipes: a pruning or continued pre-training run killed and restarted with
-autoresume equals the uninterrupted run bit for bit; and two ranks (gloo, CPU) agree on masks, multipliers
-and domain weights while reading disjoint samples."""
+"""Invariant 4 on the tiny recipes: a pruning (with or without distillation) or continued pre-training run killed
+and restarted with autoresume (a teacher re-loaded from its folder) equals the uninterrupted run bit for bit; and
+two ranks (gloo, CPU) agree on masks, multipliers and domain weights while reading disjoint samples."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from llmshearing.toy import save_toy_model, write_random_domain_data
 REPO = Path(__file__).resolve().parents[1]
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
 TINY_CONTINUED_PRETRAINING = REPO / 'yamls' / 'tiny' / 'continued_pretraining.yaml'
+TINY_PRUNING_DISTILLATION = REPO / 'yamls' / 'tiny' / 'pruning_distillation.yaml'
 DOMAINS = ['code', 'reference', 'docs']
 pytestmark = pytest.mark.slow
 
@@ -62,8 +63,9 @@ def _last_value_per_batch(output_dir: Path, name: str) -> dict[int, float]:
     [
         (TINY_PRUNING, ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
         (TINY_CONTINUED_PRETRAINING, ('loss/train/total', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
+        (TINY_PRUNING_DISTILLATION, ('loss/train/total', 'loss/train/kd', 'loss/train/lm', 'shearing/lagrangian', 'dynamic_loading/proportion/code')),
     ],
-    ids=['pruning', 'continued_pretraining'],
+    ids=['pruning', 'continued_pretraining', 'pruning_distillation'],
 )
 def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, metrics):
     uninterrupted = assets / recipe.stem / 'uninterrupted'
@@ -87,7 +89,7 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, met
     assert expected['model'].keys() == resumed['model'].keys()
     for name, tensor in expected['model'].items():
         assert torch.equal(tensor, resumed['model'][name]), name
-    assert any('l0_module.masks' in name for name in expected['model']) == (recipe == TINY_PRUNING)
+    assert any('l0_module.masks' in name for name in expected['model']) == (recipe != TINY_CONTINUED_PRETRAINING)
     assert expected['callbacks']['DynamicLoading'] == resumed['callbacks']['DynamicLoading']
     assert expected['algorithms'] == resumed['algorithms']
     assert expected['dataset_state'] == resumed['dataset_state']

@@ -267,13 +267,13 @@ def test_initial_proportions_that_do_not_fit_the_data_fail_before_training(data,
     )):
         DynamicLoading(initial_proportions=[0.5, 0.5]).after_load(trainer_state(data), RecordingLogger())
     with pytest.raises(FileNotFoundError, match=re.escape(
-        f'callbacks.dynamic_loading.initial_proportions: {tmp_path / "pruning"} does not exist',
+        f'callbacks.dynamic_loading.initial_proportions: checkpoint {tmp_path / "pruning"} does not exist',
     )):
         DynamicLoading(initial_proportions=str(tmp_path / 'pruning'))
     (tmp_path / 'checkpoints').mkdir()
     with pytest.raises(FileNotFoundError, match=re.escape(
-        f'callbacks.dynamic_loading.initial_proportions: no monolithic Composer checkpoint epE-baB-rank0.pt in '
-        f'{tmp_path} or {tmp_path / "checkpoints"}; pass a checkpoint file or the domain weights as a list',
+        f'callbacks.dynamic_loading.initial_proportions: checkpoint folder {tmp_path / "checkpoints"} has no '
+        'latest-rank0.pt or latest-sharded-rank0',
     )):
         DynamicLoading(initial_proportions=str(tmp_path))
 

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from llmshearing import cli
+from llmshearing.callbacks.dynamic_loading import final_domain_weights
 from llmshearing.pruning.export import EXPORTED_STATE, load_checkpoint
 from llmshearing.toy import save_toy_model, write_random_domain_data
 
@@ -82,3 +83,9 @@ def test_a_folder_without_a_checkpoint_is_an_error_naming_it(tmp_path, capsys):
     )
     assert message in capsys.readouterr().err
     assert not (tmp_path / 'out').exists()
+
+
+def test_both_formats_give_the_domain_weights_the_run_ended_with(save_folders):
+    full, sharded = (final_domain_weights(folder) for folder in save_folders.values())
+    assert list(full) == DOMAINS
+    assert sharded == full

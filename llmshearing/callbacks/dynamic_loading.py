@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,16 +22,17 @@ import torch.nn.functional as F
 from composer.core import Callback, DataSpec, Evaluator, State
 from composer.loggers import Logger
 from composer.utils import dist
+from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from torch.utils.data import DataLoader, Dataset
 
 from llmshearing.data.dynamic_dataset import DomainStreamingDataset, DynamicStreamingDataset, validate_proportions
+from llmshearing.pruning.export import is_sharded_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 UPDATES = ('doremi', 'constant')
 INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
-RANK0_CHECKPOINT = re.compile(r'ep(\d+)-ba(\d+)-rank0\.pt')
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -61,37 +62,24 @@ def domain_loss_sums(
     return loss_sums, token_counts
 
 
-def last_checkpoint(run: str | os.PathLike) -> Path:
-    """``run`` if it is a file, else the rank-0 Composer checkpoint (``epE-baB-rank0.pt``) of the latest batch in
-    the folder ``run`` or in ``run/checkpoints``."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    if not run.is_dir():
-        raise FileNotFoundError(f'{INITIAL_PROPORTIONS_KEY}: {run} does not exist')
-    for folder in (run / 'checkpoints', run):
-        found = [
-            (int(match[1]), int(match[2]), path)
-            for path in (folder.glob('ep*-ba*-rank0.pt') if folder.is_dir() else ())
-            if (match := RANK0_CHECKPOINT.fullmatch(path.name))
-        ]
-        if found:
-            return max(found)[2]
-    raise FileNotFoundError(
-        f'{INITIAL_PROPORTIONS_KEY}: no monolithic Composer checkpoint epE-baB-rank0.pt in {run} or '
-        f'{run / "checkpoints"}; pass a checkpoint file or the domain weights as a list',
-    )
-
-
 def final_domain_weights(run: str | os.PathLike) -> dict[str, float]:
     """The training domain proportions a run with ``dynamic_text`` data ended with, by domain name.
 
     Args:
-        run: the run's output folder (its checkpoints in it or in its ``checkpoints/``), or one of its monolithic
-            Composer checkpoints; read memory-mapped, so the weights and optimizer state stay on disk.
+        run: the run's output folder or save folder (its latest checkpoint is read), or one of its checkpoints:
+            a monolithic file, memory-mapped, or a sharded folder, of which only the data state is read.
     """
-    checkpoint = last_checkpoint(run)
-    state = torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)['state']
+    run = Path(run)
+    try:
+        checkpoint = resolve_checkpoint(run / 'checkpoints' if (run / 'checkpoints').is_dir() else run)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f'{INITIAL_PROPORTIONS_KEY}: {error}') from error
+    if is_sharded_checkpoint(checkpoint):
+        with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', 'torch.distributed is unavailable or uninitialized')  # one process reads
+            state = _load_state_dict_from_keys({'state.dataset_state'}, checkpoint_id=str(checkpoint)).get('state', {})
+    else:
+        state = torch.load(checkpoint, map_location='cpu', mmap=True, weights_only=False)['state']
     train_state = state.get('dataset_state', {}).get('train')
     if not isinstance(train_state, dict) or 'schedule' not in train_state:
         raise ValueError(
@@ -132,8 +120,8 @@ class DynamicLoading(Callback):
         smoothing: the weight c of the uniform distribution mixed into the ``doremi`` update.
         domains: the domain names this configuration expects, checked against the training data's.
         initial_proportions: the proportions to start from instead of the train loader's: one per domain, or a
-            run to take them from, the proportions it ended with (``final_domain_weights``: its output folder or
-            one of its checkpoints), matched to this run's domains by name. Continued pre-training uses it to
+            run to take them from, the proportions it ended with (``final_domain_weights``: its output folder, save
+            folder or one of its checkpoints, monolithic or sharded), matched to this run's domains by name. Continued pre-training uses it to
             start from the domain weights pruning ended with. A resumed run keeps its checkpoint's proportions.
     """
 

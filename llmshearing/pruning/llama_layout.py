@@ -8,8 +8,10 @@ and cuts them to the final shape, returning a plain model of the same class.
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,10 +61,14 @@ class MaskedRMSNorm(nn.Module):
         return (self.weight * hidden_mask.to(input_dtype)) * hidden_states.to(input_dtype)
 
 
-def _check_layout(model: PreTrainedModel) -> None:
+def _check_model_type(model: PreTrainedModel) -> None:
     model_type = getattr(model.config, 'model_type', None)
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f'model_type {model_type!r} is not supported; expected one of {list(SUPPORTED_MODEL_TYPES)}')
+
+
+def _check_layout(model: PreTrainedModel) -> None:
+    _check_model_type(model)
     if hasattr(model, L0_MODULE_NAME):
         raise ValueError('masks are already attached to this model')
 
@@ -289,3 +295,133 @@ def prune_model(
     pruned.load_state_dict({name: tensor.to(dtype) for name, tensor in state.items()}, strict=True, assign=True)
     pruned.tie_weights()
     return pruned.to(dtype).eval()
+
+
+# Importance of structures -------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def weight_structure_scores(
+    model: PreTrainedModel,
+    element_score: Callable[[torch.Tensor], torch.Tensor],
+) -> StructureMasks:
+    """Per-structure sums of a per-weight score (e.g. ``w**2``, or ``|w * dL/dw|`` after a backward pass).
+
+    Each structure owns the weights that disappear with it: a query head its rows of ``q_proj`` and columns of
+    ``o_proj``; a key/value head its rows of ``k_proj`` and ``v_proj`` plus its query heads; an MLP channel its rows
+    of ``gate_proj``/``up_proj`` and column of ``down_proj``; a hidden dimension its embedding column and every
+    weight that reads or writes it; a layer all of its weights. Returned in ``StructureMasks`` layout (fp32, CPU).
+    """
+    _check_model_type(model)
+    source = ModelShape.from_config(model.config)
+    decoder = model.model
+
+    def score(module: nn.Module, name: str = 'weight') -> torch.Tensor:
+        parameter = getattr(module, name, None)
+        if parameter is None:
+            return torch.zeros(())
+        return element_score(parameter).detach().float().cpu()
+
+    def rows_with_bias(linear: nn.Linear) -> torch.Tensor:
+        return score(linear).sum(1) + score(linear, 'bias')
+
+    num_layers, head_dim = source.num_hidden_layers, source.head_dim
+    query_heads = torch.zeros(num_layers, source.num_attention_heads)
+    kv_heads = torch.zeros(num_layers, source.num_key_value_heads)
+    intermediate = torch.zeros(num_layers, source.intermediate_size)
+    layers = torch.zeros(num_layers)
+    hidden = score(decoder.embed_tokens).sum(0) + score(decoder.norm)
+    if not getattr(model.config, 'tie_word_embeddings', False):
+        hidden += score(model.lm_head).sum(0)
+    for index, layer in enumerate(decoder.layers):
+        attention, mlp = layer.self_attn, layer.mlp
+        q_scores, k_scores, v_scores = score(attention.q_proj), score(attention.k_proj), score(attention.v_proj)
+        o_scores = score(attention.o_proj)  # (hidden, heads * head_dim)
+        gate_scores, up_scores, down_scores = score(mlp.gate_proj), score(mlp.up_proj), score(mlp.down_proj)
+        norms = score(layer.input_layernorm) + score(layer.post_attention_layernorm)
+        query_rows = rows_with_bias(attention.q_proj) + o_scores.sum(0)  # (heads * head_dim,)
+        query_heads[index] = query_rows.view(source.num_attention_heads, head_dim).sum(-1)
+        kv_rows = rows_with_bias(attention.k_proj) + rows_with_bias(attention.v_proj)
+        kv_heads[index] = kv_rows.view(source.num_key_value_heads, head_dim).sum(-1) + query_heads[index].view(
+            source.num_key_value_heads, source.num_query_groups,
+        ).sum(-1)
+        intermediate[index] = gate_scores.sum(1) + up_scores.sum(1) + down_scores.sum(0)
+        hidden += q_scores.sum(0) + k_scores.sum(0) + v_scores.sum(0) + gate_scores.sum(0) + up_scores.sum(0) + norms
+        hidden += o_scores.sum(1) + down_scores.sum(1)
+        layers[index] = sum(element_score(parameter).detach().float().sum().cpu() for parameter in layer.parameters())
+    return StructureMasks(layer=layers, query_heads=query_heads, kv_heads=kv_heads, intermediate=intermediate,
+                          hidden=hidden)
+
+
+@contextlib.contextmanager
+def recording_activation_scores(model: PreTrainedModel) -> Iterator[Callable[[], StructureMasks]]:
+    """Record activation importance (Minitron) over the forwards run inside the block; yields a function that
+    returns the means so far in ``StructureMasks`` layout.
+
+    A query head scores the mean L2 norm of its attention output (the input of ``o_proj``), a key/value head the
+    sum of its query heads' scores, an MLP channel the mean |activation| entering ``down_proj``, a hidden dimension
+    the mean |output| of every RMSNorm summed, and a layer its block importance: the mean over tokens of
+    1 - cos(layer input, layer output).
+    """
+    _check_model_type(model)
+    source = ModelShape.from_config(model.config)
+    decoder = model.model
+    num_layers = source.num_hidden_layers
+    sums = StructureMasks(
+        layer=torch.zeros(num_layers),
+        query_heads=torch.zeros(num_layers, source.num_attention_heads),
+        intermediate=torch.zeros(num_layers, source.intermediate_size),
+        hidden=torch.zeros(source.hidden_size),
+    )
+    num_tokens = torch.zeros((), dtype=torch.float64)
+
+    def count_tokens(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        input_ids = kwargs.get('input_ids', args[0] if args else None)
+        num_tokens.add_(input_ids.numel())
+
+    def attention_output(index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            heads = args[0].detach().float().unflatten(-1, (source.num_attention_heads, source.head_dim))
+            sums.query_heads[index] += heads.norm(dim=-1).sum((0, 1)).cpu()  # (batch, seq, heads) -> (heads,)
+
+        return hook
+
+    def mlp_activation(index: int):
+        def hook(module: nn.Module, args: tuple) -> None:
+            sums.intermediate[index] += args[0].detach().float().abs().sum((0, 1)).cpu()
+
+        return hook
+
+    def norm_output(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        sums.hidden += output.detach().float().abs().sum((0, 1)).cpu()
+
+    def block_importance(index: int):
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            layer_input = (args[0] if args else kwargs['hidden_states']).detach().float()
+            layer_output = (output[0] if isinstance(output, tuple) else output).detach().float()
+            similarity = nn.functional.cosine_similarity(layer_input, layer_output, dim=-1)  # (batch, seq)
+            sums.layer[index] += (1.0 - similarity).sum().cpu()
+
+        return hook
+
+    handles = [model.register_forward_pre_hook(count_tokens, with_kwargs=True)]
+    handles.append(decoder.norm.register_forward_hook(norm_output))
+    for index, layer in enumerate(decoder.layers):
+        handles.append(layer.self_attn.o_proj.register_forward_pre_hook(attention_output(index)))
+        handles.append(layer.mlp.down_proj.register_forward_pre_hook(mlp_activation(index)))
+        handles.append(layer.input_layernorm.register_forward_hook(norm_output))
+        handles.append(layer.post_attention_layernorm.register_forward_hook(norm_output))
+        handles.append(layer.register_forward_hook(block_importance(index), with_kwargs=True))
+
+    def means() -> StructureMasks:
+        tokens = max(num_tokens.item(), 1.0)
+        query_heads = sums.query_heads / tokens
+        kv_heads = query_heads.view(num_layers, source.num_key_value_heads, source.num_query_groups).sum(-1)
+        return StructureMasks(layer=sums.layer / tokens, query_heads=query_heads, kv_heads=kv_heads,
+                              intermediate=sums.intermediate / tokens, hidden=sums.hidden / tokens)
+
+    try:
+        yield means
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,12 +21,15 @@ from torch.distributed.fsdp import FullyShardedDataParallel
 from transformers import PreTrainedModel
 
 from llmshearing.pruning.export import DTYPES, write_pruned_model
+from llmshearing.pruning.importance import IMPORTANCE_METHODS, importance_scores, mask_kind_scores
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.llama_layout import attach_masks
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PRUNING_MODULES = ('layer', 'head', 'intermediate', 'hidden')
+INITS = ('uniform', 'importance')
+DEFAULT_INIT_SCALE = 16.0
 
 
 def _add_param_group(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], lr: float) -> None:
@@ -33,6 +37,27 @@ def _add_param_group(optimizer: torch.optim.Optimizer, params: list[torch.nn.Par
     if any('initial_lr' in existing for existing in optimizer.param_groups):
         group['initial_lr'] = lr  # Composer's decoupled optimizers scale weight decay by lr / initial_lr.
     optimizer.add_param_group(group)
+
+
+def calibration_samples(dataset: Any, num_batches: int, batch_size: int = 4) -> list[torch.Tensor]:
+    """``num_batches`` batches of token ids spread evenly over a dataset whose items carry ``input_ids``."""
+    count = num_batches * batch_size
+    indices = [round(position * (len(dataset) - 1) / max(count - 1, 1)) for position in range(count)]
+    samples = torch.stack([torch.as_tensor(dataset[index]['input_ids']) for index in indices])
+    return list(samples.split(batch_size))
+
+
+def read_importance_file(path: Path, l0_module: L0Module) -> dict[str, torch.Tensor]:
+    """The per-kind scores of an ``importance.json`` (``llmshearing prune-oneshot``), checked against the masks."""
+    written = json.loads(path.read_text())
+    shape = vars(l0_module.final_shape())
+    if written.get('pruning_modules') != list(l0_module.pruning_modules) or written.get('final_shape') != shape:
+        raise ValueError(
+            f'algorithms.shearing.importance_file: {path} was written for pruning modules '
+            f'{written.get("pruning_modules")} and shape {written.get("final_shape")}; this run prunes '
+            f'{list(l0_module.pruning_modules)} to {shape}',
+        )
+    return {kind: torch.tensor(scores) for kind, scores in written['scores'].items()}
 
 
 def apply_shearing(
@@ -67,7 +92,17 @@ class Shearing(Algorithm):
         target_sparsity: instead of ``target``, the fraction of non-embedding parameters to remove.
         lagrangian_warmup: time over which the target sparsity rises linearly from 0 (e.g. ``'640ba'``).
         lag_lr: learning rate of the mask logits and the Lagrange multipliers.
-        droprate_init: initial drop probability of every gate.
+        droprate_init: initial drop probability of every gate (``init: uniform``).
+        init: how the mask logits start: ``uniform`` (every gate at ``droprate_init``, the paper's) or
+            ``importance`` (ranked by one-shot importance of the source, so that the deterministic masks start as
+            the one-shot selection; computed on the first training batches of a fresh run, or read from
+            ``importance_file``).
+        importance_method: ``activation``, ``taylor`` or ``magnitude`` (see ``llmshearing.pruning.importance``).
+        importance_file: an ``importance.json`` written by ``llmshearing prune-oneshot`` for the same source,
+            target and pruning modules (needed with FSDP).
+        calibration_batches: training batches the importance is computed on.
+        init_scale: log-alpha spread of ``importance``: rank ``k`` of ``n`` with ``m`` kept starts at
+            ``init_scale * (m - 0.5 - k) / n`` (clamped to the log-alpha range).
         eval_target_shape: evaluate with the deterministic masks of the target shape (else of the shape the
             masks keep in expectation at that point).
         export_dir: when training ends, write the pruned Hugging Face model (and the tokenizer) here.
@@ -85,6 +120,11 @@ class Shearing(Algorithm):
         eval_target_shape: bool = True,
         export_dir: str | None = None,
         export_dtype: str = 'bf16',
+        init: str = 'uniform',
+        importance_method: str = 'activation',
+        importance_file: str | None = None,
+        calibration_batches: int = 4,
+        init_scale: float = DEFAULT_INIT_SCALE,
     ):
         if export_dtype not in DTYPES:
             raise ValueError(f'algorithms.shearing.export_dtype must be one of {sorted(DTYPES)}, got {export_dtype!r}')
@@ -102,6 +142,25 @@ class Shearing(Algorithm):
         self.eval_target_shape = eval_target_shape
         self.export_dir = None if export_dir is None else Path(export_dir)
         self.export_dtype = export_dtype
+        if init not in INITS:
+            raise ValueError(f'algorithms.shearing.init must be one of {list(INITS)}, got {init!r}')
+        if importance_method not in IMPORTANCE_METHODS:
+            raise ValueError(
+                f'algorithms.shearing.importance_method must be one of {list(IMPORTANCE_METHODS)}, got {importance_method!r}',
+            )
+        if init == 'importance' and target is None:
+            raise ValueError('algorithms.shearing.init: importance needs algorithms.shearing.target (not target_sparsity)')
+        if importance_file is not None and not Path(importance_file).is_file():
+            raise FileNotFoundError(f'algorithms.shearing.importance_file: {importance_file} does not exist')
+        if calibration_batches < 1:
+            raise ValueError(f'algorithms.shearing.calibration_batches must be at least 1, got {calibration_batches}')
+        if init_scale <= 0:
+            raise ValueError(f'algorithms.shearing.init_scale must be positive, got {init_scale}')
+        self.init = init
+        self.importance_method = importance_method
+        self.importance_file = None if importance_file is None else Path(importance_file)
+        self.calibration_batches = calibration_batches
+        self.init_scale = init_scale
         self.l0_module: L0Module | None = None
         self.hf_model: PreTrainedModel | None = None
         self._microbatch_index = 0
@@ -116,6 +175,7 @@ class Shearing(Algorithm):
             'target_sparsity': self.target_sparsity,
             'droprate_init': self.droprate_init,
             'eval_target_shape': self.eval_target_shape,
+            'init': self.init,
         }
 
     def __repr__(self) -> str:
@@ -136,7 +196,7 @@ class Shearing(Algorithm):
     def match(self, event: Event, state: State) -> bool:
         return event in (Event.INIT, Event.BATCH_START, Event.BEFORE_FORWARD, Event.AFTER_LOSS, Event.BATCH_END) or (
             event == Event.FIT_END and self.export_dir is not None
-        )
+        ) or (event == Event.AFTER_LOAD and self.init == 'importance')
 
     def apply(self, event: Event, state: State, logger: Logger) -> None:
         if event == Event.INIT:
@@ -155,6 +215,11 @@ class Shearing(Algorithm):
             )
             self.l0_module.generator = torch.Generator(self.l0_module.device)
             log.info('Pruning %s to %s', self.l0_module.source, self.l0_module.final_shape())
+            if self.init == 'importance' and self.importance_file is not None:
+                self.l0_module.init_from_scores(read_importance_file(self.importance_file, self.l0_module), self.init_scale)
+        elif event == Event.AFTER_LOAD:
+            if int(state.timestamp.batch) == 0 and self.importance_file is None:
+                self._init_from_training_batches(state)
         elif event == Event.BATCH_START:
             self._microbatch_index = 0
         elif event == Event.BEFORE_FORWARD:
@@ -188,6 +253,21 @@ class Shearing(Algorithm):
             if dist.get_global_rank() == 0:
                 write_pruned_model(self.hf_model, state.model.tokenizer, self.export_dir, self.export_dtype)
         dist.barrier()
+
+    def _init_from_training_batches(self, state: State) -> None:
+        """Importance-initialise the masks of a fresh run from its first training samples (rank 0, broadcast).
+        A resumed run keeps the log-alphas its checkpoint holds."""
+        if dist.get_global_rank() == 0:
+            batches = calibration_samples(state.train_dataloader.dataset, self.calibration_batches)
+            with self.l0_module.bypass():
+                scores = importance_scores(self.hf_model, self.importance_method, batches)
+            kind_scores = [mask_kind_scores(self.l0_module, scores)]
+        else:
+            kind_scores = [None]
+        dist.broadcast_object_list(kind_scores, src=0)
+        self.l0_module.init_from_scores(kind_scores[0], self.init_scale)
+        self.hf_model.zero_grad(set_to_none=True)
+        log.info('Mask logits initialised from %s importance on %d batches', self.importance_method, self.calibration_batches)
 
     def _check_export_dir(self) -> None:
         if self.export_dir is not None and self.export_dir.is_dir() and any(self.export_dir.iterdir()):
@@ -225,11 +305,15 @@ class Shearing(Algorithm):
             metrics[f'shearing/lambda_2/{name}'] = lambdas[1]
         return {name: value.float() for name, value in metrics.items()}
 
-    @staticmethod
-    def _check_parallelism(state: State) -> None:
+    def _check_parallelism(self, state: State) -> None:
         fsdp = state.fsdp_config
         if fsdp is None:
             return
+        if self.init == 'importance' and self.importance_file is None:
+            raise ValueError(
+                'algorithms.shearing.importance_file is needed with FSDP and init: importance (the model is sharded '
+                'before the first batch): write one with llmshearing prune-oneshot',
+            )
         if not getattr(fsdp, 'use_orig_params', True):
             raise ValueError('fsdp_config.use_orig_params must be true: the masks are a separate parameter group')
         if getattr(fsdp, 'activation_checkpointing', False) and getattr(fsdp, 'activation_checkpointing_reentrant', False):

@@ -52,6 +52,19 @@ def init_log_alpha(shape: tuple[int, ...], droprate_init: float) -> torch.Tensor
     return torch.empty(shape).normal_(mean, 1e-2)
 
 
+def log_alpha_from_scores(scores: torch.Tensor, num_kept: int, scale: float) -> torch.Tensor:
+    """Log-alphas in the order of ``scores`` along the last dimension, positive exactly for the ``num_kept`` highest.
+
+    The gate of rank ``k`` (0: the highest score; ties go to the lower index) of ``n`` gets
+    ``scale * (num_kept - 0.5 - k) / n``, clamped to the allowed range: the deterministic masks keep the top
+    ``num_kept``, and gates ranked far above (below) the cut start near 1 (0) in every sample.
+    """
+    size = scores.shape[-1]
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order).scatter_(-1, order, torch.arange(size, device=scores.device).expand_as(order))
+    return (scale * (num_kept - 0.5 - ranks.float()) / size).clamp(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
+
+
 class HardConcreteMask(nn.Module):
     """A tensor of hard-concrete gates whose last dimension is one group.
 

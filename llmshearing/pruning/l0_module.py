@@ -5,13 +5,14 @@ Pure tensor code: it knows model *shapes*, never Hugging Face modules.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from llmshearing.pruning.hard_concrete import HardConcreteMask
+from llmshearing.pruning.hard_concrete import HardConcreteMask, log_alpha_from_scores
 from llmshearing.pruning.shape import TARGET_FIELDS, ModelShape
 
 PRUNING_MODULES = ('layer', 'head', 'kv_head', 'intermediate', 'hidden')
@@ -152,6 +153,7 @@ class L0Module(nn.Module):
         self.lambdas = nn.ParameterDict({name: nn.Parameter(torch.zeros(2)) for name in constraints})
         # Draws the training samples; ``None`` uses torch's global generator.
         self.generator: torch.Generator | None = None
+        self._bypassed = False
 
     def _mask_shape(self, module: str) -> tuple[int, ...]:
         s = self.source
@@ -183,6 +185,31 @@ class L0Module(nn.Module):
                 lambdas.zero_()
 
     @torch.no_grad()
+    def init_from_scores(self, kind_scores: Mapping[str, torch.Tensor], scale: float) -> None:
+        """Start every mask from importance scores (one tensor per mask kind, in the mask's shape): the
+        deterministic masks keep exactly the top-scoring structures at the target counts."""
+        if self.target is None:
+            raise ValueError('importance initialisation needs a target shape, not target_sparsity')
+        for kind, mask in self.masks.items():
+            scores = kind_scores[kind]
+            if tuple(scores.shape) != mask.shape:
+                raise ValueError(f'importance scores of {kind!r} have shape {tuple(scores.shape)}; the mask has {mask.shape}')
+            mask.log_alpha.copy_(log_alpha_from_scores(scores.to(mask.log_alpha), mask.num_kept, scale))
+
+    @contextlib.contextmanager
+    def bypass(self) -> Iterator[None]:
+        """Inside the block, forwards compute with masks of all ones: the source model."""
+        self._bypassed = True
+        try:
+            yield
+        finally:
+            self._bypassed = False
+
+    def ones(self) -> StructureMasks:
+        """Masks of all ones: the forward of the source model."""
+        return self.structure_masks({kind: torch.ones(mask.shape, device=self.device) for kind, mask in self.masks.items()})
+
+    @torch.no_grad()
     def constrain_parameters(self) -> None:
         """Clamp every ``log_alpha`` into its allowed range (after each optimizer step)."""
         for mask in self.masks.values():
@@ -191,7 +218,9 @@ class L0Module(nn.Module):
     # Masks ---------------------------------------------------------------------------------------
 
     def forward(self) -> StructureMasks:
-        """A fresh sample of every mask in training; deterministic masks in eval."""
+        """A fresh sample of every mask in training; deterministic masks in eval; all ones while bypassed."""
+        if self._bypassed:
+            return self.ones()
         if self.training:
             return self.structure_masks({module: mask.sample(self.generator) for module, mask in self.masks.items()})
         return self.deterministic_masks(target_shape=self.eval_target_shape)
@@ -229,8 +258,7 @@ class L0Module(nn.Module):
     @property
     def masked_structures(self) -> set[str]:
         """Names of the ``StructureMasks`` fields that these masks set."""
-        gates = {module: torch.ones(mask.shape, device=self.device) for module, mask in self.masks.items()}
-        return {name for name, value in vars(self.structure_masks(gates)).items() if value is not None}
+        return {name for name, value in vars(self.ones()).items() if value is not None}
 
     def final_shape(self) -> ModelShape:
         """The shape ``prune_model`` produces from the current masks."""

@@ -1,0 +1,162 @@
+"""Where pruning starts: ``algorithms.shearing.init``. Importance initialisation starts the deterministic masks at the
+one-shot selection; masks near 1 start at the source model."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from composer import Trainer
+from composer.models import HuggingFaceModel
+from conftest import VOCAB_SIZE, tiny_gqa_llama
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from llmshearing.pruning import Shearing, attach_masks, importance_masks
+from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_alpha_from_scores
+
+TARGET = {'hidden_size': 24, 'num_attention_heads': 3, 'num_key_value_heads': 1, 'intermediate_size': 40,
+          'num_hidden_layers': 2}
+MODULES = ['layer', 'head', 'kv_head', 'intermediate', 'hidden']
+
+
+def test_log_alphas_are_positive_exactly_for_the_top_scores_and_keep_their_order():
+    scores = torch.tensor([[0.3, 0.9, 0.1, 0.5, 0.5], [1.0, 2.0, 3.0, 4.0, 5.0]])
+    log_alpha = log_alpha_from_scores(scores, num_kept=3, scale=10.0)
+    assert (log_alpha > 0).tolist() == [[False, True, False, True, True], [False, False, True, True, True]]
+    assert log_alpha[1].tolist() == pytest.approx([-3.0, -1.0, 1.0, 3.0, LOG_ALPHA_MAX])  # 10 * (2.5 - rank) / 5
+    assert log_alpha[0, 3] > log_alpha[0, 4]  # a tie goes to the lower index
+    assert log_alpha_from_scores(scores, 3, scale=1e3)[1].tolist() == pytest.approx([LOG_ALPHA_MIN] * 2 + [LOG_ALPHA_MAX] * 3)
+
+
+def samples(num: int = 8) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(3)
+    return [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB_SIZE, (num, 16), generator=generator)]
+
+
+def trainer_with(algorithm: Shearing, source: torch.nn.Module, data: list[dict]) -> Trainer:
+    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
+    return Trainer(
+        model=model, train_dataloader=DataLoader(data, batch_size=4), optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
+        max_duration='1ba', algorithms=[algorithm], seed=0, progress_bar=False, log_to_console=False,
+    )
+
+
+def nonzero(masks) -> dict[str, list]:
+    return {name: (value != 0).tolist() for name, value in vars(masks).items() if value is not None}
+
+
+def input_batches(data: list[dict], batch_size: int = 4) -> list[torch.Tensor]:
+    ids = torch.stack([sample['input_ids'] for sample in data])
+    return list(ids.split(batch_size))
+
+
+@pytest.mark.parametrize('method', ['activation', 'taylor', 'magnitude'])
+def test_importance_init_starts_at_the_one_shot_selection(method: str):
+    source, data = tiny_gqa_llama(), samples()
+    algorithm = Shearing(TARGET, MODULES, init='importance', importance_method=method, calibration_batches=2)
+    trainer_with(algorithm, source, data)
+    expected = importance_masks(copy.deepcopy(source), TARGET, MODULES, input_batches(data), method)
+    assert nonzero(algorithm.l0_module.deterministic_masks()) == nonzero(expected)
+    # Structures ranked far above the cut start with gates near 1 in every sample.
+    channel_log_alpha = algorithm.l0_module.masks['intermediate'].log_alpha
+    assert channel_log_alpha.max().item() == pytest.approx(LOG_ALPHA_MAX)
+
+
+def test_importance_file_of_prune_oneshot_gives_the_same_start(tmp_path: Path):
+    source, data = tiny_gqa_llama(), samples()
+    computed = Shearing(TARGET, MODULES, init='importance', importance_method='taylor', calibration_batches=2)
+    trainer_with(computed, source, data)
+    report = {'pruning_modules': MODULES, 'final_shape': vars(computed.l0_module.final_shape()),
+              'scores': {kind: score.tolist() for kind, score in importance_kind_scores(source, data).items()}}
+    path = tmp_path / 'importance.json'
+    path.write_text(json.dumps(report))
+    from_file = Shearing(TARGET, MODULES, init='importance', importance_file=str(path))
+    trainer_with(from_file, source, data)
+    for kind, mask in computed.l0_module.masks.items():
+        assert torch.equal(mask.log_alpha, from_file.l0_module.masks[kind].log_alpha), kind
+
+
+def importance_kind_scores(source, data) -> dict[str, torch.Tensor]:
+    from llmshearing.pruning.importance import importance_scores, mask_kind_scores
+    from llmshearing.pruning.l0_module import L0Module
+    from llmshearing.pruning.shape import ModelShape
+
+    l0_module = L0Module(ModelShape.from_config(source.config), MODULES, TARGET)
+    return mask_kind_scores(l0_module, importance_scores(copy.deepcopy(source), 'taylor', input_batches(data)))
+
+
+def test_an_importance_file_for_another_shape_is_refused(tmp_path: Path):
+    path = tmp_path / 'importance.json'
+    path.write_text(json.dumps({'pruning_modules': ['head'], 'final_shape': {}, 'scores': {}}))
+    algorithm = Shearing(TARGET, MODULES, init='importance', importance_file=str(path))
+    with pytest.raises(ValueError, match=f'importance_file: {path} was written for pruning modules'):
+        trainer_with(algorithm, tiny_gqa_llama(), samples())
+
+
+@pytest.mark.parametrize(
+    ('settings', 'error', 'message'),
+    [
+        ({'init': 'zeros'}, ValueError, "algorithms.shearing.init must be one of ['uniform', 'importance']"),
+        ({'init': 'importance', 'importance_method': 'random'}, ValueError, 'importance_method must be one of'),
+        ({'init': 'importance', 'importance_file': '/nonexistent/importance.json'}, FileNotFoundError,
+         'importance_file: /nonexistent/importance.json does not exist'),
+        ({'init': 'importance', 'calibration_batches': 0}, ValueError, 'calibration_batches must be at least 1'),
+        ({'init': 'importance', 'init_scale': 0.0}, ValueError, 'init_scale must be positive'),
+    ],
+)
+def test_bad_init_settings_name_the_key(settings: dict, error: type, message: str):
+    with pytest.raises(error, match=message.replace('[', r'\[').replace(']', r'\]')):
+        Shearing(TARGET, MODULES, **settings)
+
+
+def test_importance_init_needs_a_target():
+    with pytest.raises(ValueError, match='init: importance needs algorithms.shearing.target'):
+        Shearing(None, MODULES, target_sparsity=0.5, init='importance')
+
+
+def test_a_resumed_run_keeps_its_checkpointed_log_alphas(tmp_path: Path):
+    source, data, other_data = tiny_gqa_llama(), samples(16), samples(16)[::-1]
+    first = Shearing(TARGET, MODULES, init='importance', calibration_batches=2)
+    trainer = trainer_with(first, source, data)
+    trainer.fit()
+    checkpoint = trainer.save_checkpoint(str(tmp_path / 'checkpoint.pt'))
+    saved = {kind: mask.log_alpha.detach().clone() for kind, mask in first.l0_module.masks.items()}
+
+    fresh = Shearing(TARGET, MODULES, init='importance', calibration_batches=2)
+    trainer_with(fresh, source, other_data)
+    assert any(not torch.equal(mask.log_alpha, saved[kind]) for kind, mask in fresh.l0_module.masks.items())
+
+    resumed = Shearing(TARGET, MODULES, init='importance', calibration_batches=2)
+    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
+    Trainer(model=model, train_dataloader=DataLoader(other_data, batch_size=4),
+            optimizers=torch.optim.SGD(model.parameters(), lr=0.0), max_duration='2ba', algorithms=[resumed],
+            load_path=checkpoint, seed=0, progress_bar=False, log_to_console=False)
+    for kind, mask in resumed.l0_module.masks.items():
+        assert torch.equal(mask.log_alpha.detach(), saved[kind]), kind
+
+
+def test_masks_near_one_start_at_the_source_model(smollm2: Path):
+    """``init: uniform`` with ``droprate_init: 0.01``: the first sampled training forward is the source model's."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    batch = tokenizer(['The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid.'],
+                      return_tensors='pt').input_ids
+    model = AutoModelForCausalLM.from_pretrained(smollm2, torch_dtype=torch.float32)
+    with torch.no_grad():
+        source_loss = model(input_ids=batch, labels=batch).loss.item()
+        losses = {}
+        for droprate_init in (0.5, 0.01):
+            masked = copy.deepcopy(model)
+            l0_module = attach_masks(masked, {'hidden_size': 384, 'num_attention_heads': 6, 'num_key_value_heads': 3,
+                                              'intermediate_size': 1024, 'num_hidden_layers': 20},
+                                     MODULES, droprate_init=droprate_init)
+            l0_module.generator = torch.Generator().manual_seed(0)
+            masked.train()
+            losses[droprate_init] = masked(input_ids=batch, labels=batch).loss.item()
+    # About 5% of the gates at log-alpha ln 99 sample below 1, so the loss is close to, not equal to, the source's;
+    # the paper's droprate 0.5 (gates about 0.5) is more than ten times further away.
+    assert losses[0.5] > source_loss + 3.0, (source_loss, losses)
+    assert abs(losses[0.01] - source_loss) < 0.1 * (losses[0.5] - source_loss), (source_loss, losses)

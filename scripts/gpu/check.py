@@ -20,7 +20,7 @@ the others running; the summary goes to OUTPUT_DIR/gpu_check.json, each part's l
 
     scripts/gpu/check.sh [--dry-run] [--output-dir DIR] [--parts NAME ...]
 
-``--dry-run`` runs every part at toy sizes on the CPU, in a minute or two.
+``--dry-run`` runs every part at toy sizes on the CPU (about 90 s of CPU time), to check the script itself.
 """
 
 from __future__ import annotations
@@ -384,7 +384,7 @@ def _export_difference(masked_model: nn.Module, export_dir: Path, target: dict[s
     with torch.no_grad():
         masked_logits, exported_logits = masked_model(input_ids).logits, exported(input_ids).logits.float()
     return {
-        'saved_dtype': str(exported.config.torch_dtype),
+        'saved_dtype': json.loads((export_dir / 'config.json').read_text())['torch_dtype'],
         'config_is_target': all(getattr(exported.config, field) == size for field, size in target.items()),
         'relative_difference': _relative_difference(masked_logits, exported_logits),
         'absolute_difference': (masked_logits - exported_logits).abs().max().item(),

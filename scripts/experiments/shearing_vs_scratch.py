@@ -34,7 +34,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -265,7 +265,10 @@ def eval_curve(stage: report.StageMetrics, tokens_per_batch: int, token_offset: 
     return batches * tokens_per_batch + token_offset, np.mean([losses for _, losses in series], axis=0)
 
 
-def plot_loss_against_tokens(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]]) -> Figure:
+def plot_loss_against_tokens(
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]],
+    title: str = 'Eval loss against tokens: pruned then continued vs from scratch',
+) -> Figure:
     """Mean eval loss over the domains against training tokens, one line per run and seed."""
     figure = Figure(figsize=(7, 4.5), layout='constrained')
     axis = figure.subplots()
@@ -273,7 +276,7 @@ def plot_loss_against_tokens(curves: dict[str, list[tuple[np.ndarray, np.ndarray
         for run, (tokens, losses) in enumerate(runs):
             axis.plot(tokens, losses, marker='o', markersize=3, color=f'C{index}', alpha=0.85, label=name if run == 0 else None)
     axis.set(xlabel='training tokens of the small model (pruning + continued; scratch)', ylabel='mean eval loss over the 7 domains (nats/token)')
-    axis.set_title('Eval loss against tokens: pruned then continued vs from scratch')
+    axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.legend()
     return figure
@@ -339,6 +342,30 @@ def source_convergence(results: dict[str, Any]) -> str:
         f'tokens ({epochs:.2f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
         f'fell by {late_fall:.3f} nats, {late_fall / whole_fall:.1%} of its whole fall.'
     )
+
+
+def stages_and_commands(results: dict[str, Any]) -> list[str]:
+    """The report's last sections: each stage's batches and wall time, the commit, the command and every stage's."""
+    return [
+        '## Stages',
+        '',
+        *report.markdown_table(['stage', 'batches', 'wall seconds'], [[stage['name'], stage['batches'], f'{stage["wall_seconds"]:.0f}'] for stage in results['stages']]),
+        '',
+        '## Commands',
+        '',
+        f'Run at commit `{results["commit"]}`' + (' (the working tree also had uncommitted changes).' if results['dirty'] else '.'),
+        '',
+        '```',
+        results['command'],
+        '```',
+        '',
+        'Its stages as single commands (from the repository root):',
+        '',
+        '```',
+        *(command.replace(f'{REPO}/', '') for command in results['stage_commands']),
+        '```',
+        '',
+    ]
 
 
 def render_report(results: dict[str, Any]) -> str:
@@ -411,24 +438,7 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         'Training domain weights (doremi) while pruning and in continued pre-training, set after each evaluation.',
         '',
-        '## Stages',
-        '',
-        *report.markdown_table(['stage', 'batches', 'wall seconds'], [[stage['name'], stage['batches'], f'{stage["wall_seconds"]:.0f}'] for stage in results['stages']]),
-        '',
-        '## Commands',
-        '',
-        f'Run at commit `{results["commit"]}`' + (' (the working tree also had uncommitted changes).' if results['dirty'] else '.'),
-        '',
-        '```',
-        results['command'],
-        '```',
-        '',
-        'Its stages as single commands (from the repository root):',
-        '',
-        '```',
-        *(command.replace(f'{REPO}/', '') for command in results['stage_commands']),
-        '```',
-        '',
+        *stages_and_commands(results),
     ]
     return '\n'.join(lines)
 
@@ -440,6 +450,16 @@ def check_finite(results: dict[str, Any]) -> None:
             for key, value in (*evaluation['losses'].items(), ('mean', evaluation['mean_loss'])):
                 if not math.isfinite(value):
                     raise ValueError(f'{name}: loss on {key} is {value}')
+
+
+def write_results(report_dir: Path, results: dict[str, Any], started: float, render: Callable[[dict[str, Any]], str]) -> Path:
+    """Record the wall time since ``started`` (``time.monotonic``), write ``results.json`` and the rendered
+    ``README.md`` into ``report_dir``; return ``report_dir``."""
+    results['wall_seconds'] = time.monotonic() - started
+    (report_dir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
+    (report_dir / 'README.md').write_text(render(results))
+    log.info('experiment finished in %.0f s; report: %s', results['wall_seconds'], report_dir / 'README.md')
+    return report_dir
 
 
 def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], command: str, data: Path = DATA, tokenizer_path: Path = TOKENIZER) -> Path:
@@ -546,11 +566,7 @@ def run_experiment(output_dir: Path, settings: Settings, seeds: Sequence[int], c
     report.plot_domain_losses([source_metrics], DOMAINS).savefig(report_dir / 'source_loss.png', dpi=120)
     plot_loss_against_tokens(curves).savefig(report_dir / 'loss_against_tokens.png', dpi=120)
     report.plot_domain_weights(doremi_stages, DOMAINS).savefig(report_dir / 'domain_weights.png', dpi=120)
-    results['wall_seconds'] = time.monotonic() - started
-    (report_dir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-    (report_dir / 'README.md').write_text(render_report(results))
-    log.info('experiment finished in %.0f s; report: %s', results['wall_seconds'], report_dir / 'README.md')
-    return report_dir
+    return write_results(report_dir, results, started, render_report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

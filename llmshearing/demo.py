@@ -24,6 +24,7 @@ import json
 import logging
 import random
 import shlex
+import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -97,9 +98,11 @@ def standard_library() -> Path:
     return Path(sysconfig.get_paths()['stdlib'])
 
 
-def site_packages() -> Path:
-    """The running interpreter's site-packages folder."""
-    return Path(sysconfig.get_paths()['purelib'])
+def package_folders() -> list[Path]:
+    """The folders on ``sys.path`` that hold installed packages (``*.dist-info``), in ``sys.path`` order: the
+    environment's site-packages, and any other a wheel's dependencies may live in."""
+    folders = dict.fromkeys(Path(entry) for entry in sys.path if entry)
+    return [folder for folder in folders if folder.is_dir() and any(folder.glob('*.dist-info'))]
 
 
 def code_documents() -> Iterator[str]:
@@ -115,12 +118,18 @@ def reference_documents() -> Iterator[str]:
 
 
 def docs_documents() -> Iterator[str]:
-    """The long descriptions (READMEs) in the ``*.dist-info/METADATA`` of the installed packages."""
-    for path in sorted(site_packages().glob('*.dist-info/METADATA')):
-        metadata = email.message_from_string(path.read_text(encoding='utf-8', errors='replace'))
-        description = metadata.get_payload() or metadata.get('Description') or ''
-        if len(description) >= MIN_README_CHARACTERS:
-            yield description
+    """The long descriptions (READMEs) in the ``*.dist-info/METADATA`` of the installed packages, each package
+    once (the first on ``sys.path``)."""
+    seen = set()
+    for folder in package_folders():
+        for path in sorted(folder.glob('*.dist-info/METADATA')):
+            if path.parent.name in seen:
+                continue
+            seen.add(path.parent.name)
+            metadata = email.message_from_string(path.read_text(encoding='utf-8', errors='replace'))
+            description = metadata.get_payload() or metadata.get('Description') or ''
+            if len(description) >= MIN_README_CHARACTERS:
+                yield description
 
 
 @dataclass(frozen=True)
@@ -135,7 +144,7 @@ class CorpusDomain:
 CORPUS = (
     CorpusDomain('code', f'the .py modules of the standard library in {standard_library()}', code_documents),
     CorpusDomain('reference', 'the language reference in pydoc_data.topics', reference_documents),
-    CorpusDomain('docs', f'package READMEs in {site_packages()}/*.dist-info/METADATA', docs_documents),
+    CorpusDomain('docs', 'package READMEs in the *.dist-info/METADATA of the packages on sys.path', docs_documents),
 )
 
 

@@ -81,6 +81,11 @@ def test_kd_loss_errors():
         kd_loss(logits, torch.randn(2, 4, 9))
     with pytest.raises(ValueError, match=r'^labels \(2, 3\) do not match the logits \(2, 4, 8\)$'):
         kd_loss(logits, logits, torch.zeros(2, 3, dtype=torch.long))
+    student = logits.clone().requires_grad_()
+    loss = kd_loss(student, torch.randn(2, 4, 8))
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match=r'^kd_loss backpropagates once \(its gradient is scaled in place\); compute it again$'):
+        loss.backward()
 
 
 @pytest.fixture(scope='module')

@@ -1,17 +1,18 @@
 """Logit distillation loss: KL(teacher ‖ student) over next-token distributions, computed in chunks of tokens.
 
-The two logits tensors ``[..., vocab]`` are the only full-size tensors it keeps: the forward pass and the
-gradient are computed one chunk of positions at a time in fp32, so a long, large-vocabulary microbatch needs
-one chunk of fp32 log-probabilities beside them, not a full fp32 copy (autograd would save one per chunk).
+Beside the two logits tensors ``[..., vocab]`` it holds only the gradient of the student logits (their size and
+dtype, which any backward allocates) and the fp32 log-probabilities of one chunk of positions at a time, not a
+full fp32 copy of the logits as the LM loss does (autograd alone would also save one per chunk).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 256
 
 
 def _chunks(num_positions: int, chunk_size: int | None) -> list[slice]:
@@ -20,33 +21,45 @@ def _chunks(num_positions: int, chunk_size: int | None) -> list[slice]:
 
 
 class _ChunkedKLDivergence(torch.autograd.Function):
-    """Sum over kept positions of ``KL(softmax(t / T) ‖ softmax(s / T))``; the backward recomputes per chunk."""
+    """Sum over kept positions of ``KL(softmax(t / T) ‖ softmax(s / T))``.
+
+    Each chunk's gradient with respect to the student logits, ``kept * (softmax(s / T) - softmax(t / T)) / T``,
+    is written in the forward while the chunk's probabilities are at hand, into one tensor of the logits' size
+    and dtype: the tensor the backward returns (scaled), so it costs no more than a backward that recomputed it.
+    """
 
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, kept, temperature, chunk_size):
-        ctx.save_for_backward(student_logits, teacher_logits, kept)
-        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        gradient = torch.empty_like(student_logits) if ctx.needs_input_grad[0] else None
         total = torch.zeros((), dtype=torch.float32, device=student_logits.device)
         for chunk in _chunks(student_logits.shape[0], chunk_size):
-            teacher_log_probs = F.log_softmax(teacher_logits[chunk].float() / temperature, dim=-1)
-            student_log_probs = F.log_softmax(student_logits[chunk].float() / temperature, dim=-1)
-            # KL per position = sum_v p_t (log p_t - log p_s); teacher_log_probs is reused in place.
-            kl = teacher_log_probs.exp().mul_(teacher_log_probs.sub_(student_log_probs)).sum(dim=-1)
-            total += (kl * kept[chunk]).sum()
+            teacher_log_probs = _log_softmax(teacher_logits[chunk], temperature)
+            student_log_probs = _log_softmax(student_logits[chunk], temperature)
+            teacher_probs = teacher_log_probs.exp()
+            if gradient is not None:
+                student_probs = student_log_probs.exp().sub_(teacher_probs)
+                gradient[chunk] = student_probs.mul_((kept[chunk] / temperature).unsqueeze(-1))
+                del student_probs
+            # KL per position = sum_v p_t (log p_t - log p_s)
+            kl = teacher_probs.mul_(teacher_log_probs.sub_(student_log_probs)).sum(dim=-1)
+            total += kl @ kept[chunk]
+        ctx.save_for_backward(gradient)
+        ctx.backpropagated = False
         return total
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_total):
-        student_logits, teacher_logits, kept = ctx.saved_tensors
-        temperature = ctx.temperature
-        grad_student = torch.empty_like(student_logits)
-        for chunk in _chunks(student_logits.shape[0], ctx.chunk_size):
-            # d KL / d s = (softmax(s / T) - softmax(t / T)) / T
-            student_probs = F.softmax(student_logits[chunk].float() / temperature, dim=-1)
-            student_probs.sub_(F.softmax(teacher_logits[chunk].float() / temperature, dim=-1))
-            scale = (kept[chunk] * (grad_total / temperature)).unsqueeze(-1)
-            grad_student[chunk] = student_probs.mul_(scale)
-        return grad_student, None, None, None, None
+        if ctx.backpropagated:
+            raise RuntimeError('kd_loss backpropagates once (its gradient is scaled in place); compute it again')
+        ctx.backpropagated = True
+        (gradient,) = ctx.saved_tensors
+        return gradient.mul_(grad_total.to(gradient.dtype)), None, None, None, None
+
+
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return F.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
 def kd_loss(

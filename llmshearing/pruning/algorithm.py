@@ -175,7 +175,6 @@ class Shearing(Algorithm):
             'target_sparsity': self.target_sparsity,
             'droprate_init': self.droprate_init,
             'eval_target_shape': self.eval_target_shape,
-            'init': self.init,
         }
 
     def __repr__(self) -> str:

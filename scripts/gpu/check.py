@@ -45,12 +45,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import transformers
 from torch import nn
+from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / 'scripts' / 'bench'))
 
 from pruning_step import interleaved_times, timed, training_step  # noqa: E402
+
+from llmshearing.pruning import attach_masks, prune_model  # noqa: E402  (torch and transformers only, no Composer)
 
 TINY_PRUNING_YAML = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
 SUMMARY_FILE = 'gpu_check.json'
@@ -201,10 +206,8 @@ def model_flops_per_token(config: dict[str, Any], seq_len: int) -> float:
     return 6 * matmul_weights + 12 * layers * query_width * seq_len
 
 
-def _llama(config: dict[str, Any], device: torch.device, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
+def _llama(config: dict[str, Any], device: torch.device) -> LlamaForCausalLM:
+    torch.manual_seed(0)
     with torch.device(device):
         model = LlamaForCausalLM(LlamaConfig(**config, max_position_embeddings=4096, attn_implementation='sdpa'))
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={'use_reentrant': False})
@@ -219,8 +222,6 @@ def _adamw(model: nn.Module, device: torch.device) -> torch.optim.Optimizer:
 
 
 def part_environment(settings: Settings, work_dir: Path) -> dict[str, Any]:
-    import transformers
-
     device = _device()
     result: dict[str, Any] = {
         'python': platform.python_version(),
@@ -262,8 +263,6 @@ def part_environment(settings: Settings, work_dir: Path) -> dict[str, Any]:
 
 
 def _overhead_of_family(family: Family, settings: Settings, device: torch.device) -> dict[str, Any]:
-    from llmshearing.pruning import attach_masks, prune_model
-
     plain = _llama(family.config, device)
     masked = copy.deepcopy(plain)
     l0_module = attach_masks(masked, family.target, PRUNING_MODULES)
@@ -377,8 +376,6 @@ def _counts_match(counts: dict[str, Any], target: dict[str, int]) -> bool:
 
 def _export_difference(masked_model: nn.Module, export_dir: Path, target: dict[str, int]) -> dict[str, Any]:
     """Load the exported model in plain transformers and compare its logits with the masked model's (CPU)."""
-    from transformers import AutoModelForCausalLM
-
     exported = AutoModelForCausalLM.from_pretrained(export_dir).eval()
     input_ids = torch.randint(3, masked_model.config.vocab_size, (2, 32))
     with torch.no_grad():
@@ -409,19 +406,19 @@ def _run_to_end(command: list[str], cwd: Path, log: Path) -> None:
 
 
 def _run_and_kill_after(command: list[str], cwd: Path, log: Path, checkpoint: Path, timeout_s: float = 600) -> None:
-    """Run ``command`` until ``checkpoint`` is the latest checkpoint, then kill it with SIGKILL."""
+    """Run ``command`` (one process) until ``checkpoint`` is the latest checkpoint, then kill it with SIGKILL."""
     latest = checkpoint.parent / 'latest-rank0.pt'
     with log.open('w') as log_file:
-        process = subprocess.Popen(command, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=log_file, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + timeout_s
     while not (latest.is_symlink() and os.readlink(latest) == checkpoint.name):
         if process.poll() is not None:
             raise RuntimeError(f'the run ended before {checkpoint.name} was written:\n{_tail(log)}')
         if time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
+            process.kill()
             raise TimeoutError(f'no {checkpoint.name} within {timeout_s} s')
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    process.kill()
     process.wait()
 
 
@@ -512,8 +509,6 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
     from composer.optim import DecoupledAdamW
     from composer.utils import FSDPConfig
     from llmfoundry.models.hf import ComposerHFCausalLM
-    from torch.utils.data import DataLoader
-    from transformers import AutoTokenizer
 
     from llmshearing.pruning import Shearing
     from llmshearing.toy import random_token_samples, save_toy_model
@@ -593,8 +588,6 @@ def _matmul_flops_per_s(size: int, device: torch.device) -> float:
 
 
 def _pruning_step_throughput(family: Family, layers: int, settings: Settings, device: torch.device) -> dict[str, Any]:
-    from llmshearing.pruning import attach_masks
-
     config = family.config | {'num_hidden_layers': layers}
     target = family.target | {'num_hidden_layers': min(family.target['num_hidden_layers'], layers)}
     model = _llama(config, device)

@@ -5,23 +5,27 @@ training, and a real ``train.py`` run with ``shearing`` and ``dynamic_loading`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from composer import Callback, Trainer
-from composer.core import State
+from composer.core import Precision, State
 from composer.loggers import Logger
+from composer.utils import FSDPConfig
 from llmfoundry.utils.builders import build_composer_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from llmshearing.distillation import Distillation, distill_loss, kd_loss
+from llmshearing.distillation import algorithm
 from llmshearing.distillation.algorithm import load_teacher
 from llmshearing.loggers import read_metrics
 from llmshearing.preflight import check_train_config, load_train_config
@@ -195,24 +199,33 @@ def test_gradient_accumulation_and_the_teacher_stays_out_of_optimizer_and_checkp
     assert whole_losses.losses[0].keys() == {'total', 'lm', 'kd'}
 
 
-def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path):
+def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path, monkeypatch):
     AutoConfig.from_pretrained(toy['teacher']).save_pretrained(tmp_path / 'config-only')
     student = build_composer_model(
         'hf_causal_lm', {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': False, 'init_device': 'meta'},
         byte_level_tokenizer(),
-    ).model
+    )
     teacher = load_teacher(tmp_path / 'config-only', torch.bfloat16, device='meta')
-    from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
+    run_fsdp_config = FSDPConfig(sharding_strategy='FULL_SHARD', activation_checkpointing=True, use_orig_params=True)
+    state = SimpleNamespace(fsdp_config=run_fsdp_config, precision=Precision.AMP_BF16, device='cpu')
+    wrapped_calls = []
+    monkeypatch.setattr(algorithm, 'prepare_fsdp_module', lambda *args: wrapped_calls.append(args))  # FSDP needs CUDA
 
-    prepare_hf_model_for_fsdp(teacher, init_device=None)
+    holder = algorithm.shard_teacher(teacher, state)
 
-    def wrapped(model):
+    [(module, optimizers, fsdp_config, precision, device)] = wrapped_calls
+    assert module is holder and holder.teacher is teacher and optimizers is None
+    assert (precision, device) == (Precision.AMP_BF16, 'cpu')
+    assert fsdp_config == dataclasses.replace(run_fsdp_config, activation_checkpointing=False)
+
+    def wrapped(composer_child: torch.nn.Module) -> list[str]:
+        """The modules Composer's policy wraps in each child of the module it is given (``_fsdp_wrap`` first)."""
         return [
-            name for name, module in model.named_modules()
-            if getattr(module, '_fsdp_wrap', model.fsdp_wrap_fn(module)) and module is not model
+            name for name, submodule in composer_child.named_modules()
+            if submodule is not composer_child and getattr(submodule, '_fsdp_wrap', composer_child.fsdp_wrap_fn(submodule))
         ]
 
-    assert wrapped(teacher) == wrapped(student) == [f'model.layers.{index}' for index in range(4)]
+    assert wrapped(holder.teacher) == wrapped(student.model) == [f'model.layers.{index}' for index in range(4)]
     assert {parameter.device.type for parameter in teacher.parameters()} == {'meta'}
     assert {parameter.dtype for parameter in teacher.parameters()} == {torch.bfloat16}
 

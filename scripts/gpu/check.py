@@ -430,7 +430,7 @@ def _resume_differences(expected: dict[str, Any], resumed: dict[str, Any]) -> di
     weights = {
         name: _relative_difference(tensor, resumed['model'][name])
         for name, tensor in expected['model'].items()
-        if tensor.is_floating_point()
+        if tensor.is_floating_point() and name in resumed['model']
     }
     worst = max(weights, key=weights.get)
     expected_weights = expected['callbacks']['DynamicLoading']

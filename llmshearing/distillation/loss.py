@@ -20,6 +20,11 @@ def _chunks(num_positions: int, chunk_size: int | None) -> list[slice]:
     return [slice(start, start + step) for start in range(0, num_positions, max(step, 1))]
 
 
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    return F.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
+
+
 class _ChunkedKLDivergence(torch.autograd.Function):
     """Sum over kept positions of ``KL(softmax(t / T) ‖ softmax(s / T))``.
 
@@ -55,11 +60,6 @@ class _ChunkedKLDivergence(torch.autograd.Function):
         ctx.backpropagated = True
         (gradient,) = ctx.saved_tensors
         return gradient.mul_(grad_total.to(gradient.dtype)), None, None, None, None
-
-
-def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    logits = logits.float()
-    return F.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
 def kd_loss(

@@ -29,7 +29,8 @@ and a distilled step of T about half a pruning step (S's forward is added). FULL
 pruning + 40 continued batches, 61,440 tokens per small model) then costs per seed about 2 × 20 × 8 s (two pruning
 runs) + 3 × 40 × 2.5 s + 60 × 2.5 s + (40 + 60) × 4.5 s ≈ 19 min; with the lm-eval subset (7 tasks × 40 rows, about
 40 s per small model, 8 models per seed and S) and the held-out losses, 2 seeds take about 55 minutes on 2 quiet
-cores. The ``--quick`` setting: samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks.
+cores. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) took 32 min wall
+and 16 min of CPU (user) time with one seed on 2 cores shared with other jobs (load 12–14), about 10 min on 2 quiet cores.
 
     .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init uniform:0.5]
         [--scratch] [--threads 2]
@@ -293,13 +294,15 @@ def summary(results: dict[str, Any], name: str, key: str) -> tuple[float, float]
     return mean, spread
 
 
-def comparison(first: tuple[float, float], second: tuple[float, float], higher_is_better: bool, unit: str, scale: float = 1.0) -> str:
+def comparison(
+    first: tuple[float, float], second: tuple[float, float], higher_is_better: bool, unit: str, scale: float = 1.0, digits: int = 3,
+) -> str:
     """Whether the first (mean, spread) pair is better than the second, by how much (times ``scale``, in ``unit``), and
     whether the difference exceeds the two spreads together."""
     difference = first[0] - second[0]
     better = (difference > 0) == higher_is_better
     beyond = abs(difference) > first[1] + second[1]
-    return f'{"better" if better else "worse"} by {scale * abs(difference):.3f} {unit}, {"more" if beyond else "less"} than the spread'
+    return f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, {"more" if beyond else "less"} than the spread'
 
 
 def outcome_sentences(results: dict[str, Any]) -> list[str]:
@@ -322,7 +325,7 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
         sentences.append(
             f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} nats/token '
             f'({comparison(*loss, False, "nats")}); average accuracy {100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} '
-            f'vs {100 * accuracy[1][0]:.1f} ± {100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100)}).',
+            f'vs {100 * accuracy[1][0]:.1f} ± {100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
         )
     return sentences
 

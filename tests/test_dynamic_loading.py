@@ -15,13 +15,17 @@ import torch
 import torch.nn.functional as F
 from composer.core import DataSpec, Evaluator
 from composer.devices import DeviceCPU
+from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
+from composer.models import HuggingFaceModel
 from llmfoundry.command_utils import train_from_yaml
 from streaming import MDSWriter
 from torch.utils.data import DataLoader
+from transformers import AutoModelForCausalLM
 
 from llmshearing.callbacks import DynamicLoading
-from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums, final_domain_weights
+from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums, final_domain_weights, next_token_targets
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
+from llmshearing.metrics import DomainCrossEntropy
 from llmshearing.toy import SPECIAL_TOKENS, save_toy_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,7 +73,10 @@ def test_domain_loss_sums_equal_the_cross_entropy_of_each_domains_tokens():
     labels = torch.randint(0, 11, (4, 6))
     labels[1, 3] = -100
     domains = torch.tensor([2, 0, 2, 1])
-    loss_sums, token_counts = domain_loss_sums(logits, labels, domains, 4)
+    metric = DomainCrossEntropy()
+    for rows in (slice(0, 3), slice(3, 4)):  # two microbatches
+        metric.update({'domain': domains[rows]}, {'logits': logits[rows]}, next_token_targets(labels[rows]))
+    loss_sums, token_counts = domain_loss_sums(metric.take_sample_losses(), 4)
 
     assert token_counts.tolist() == [4.0, 5.0, 10.0, 0.0]
     for domain in range(3):
@@ -79,6 +86,18 @@ def test_domain_loss_sums_equal_the_cross_entropy_of_each_domains_tokens():
         )
         assert loss_sums[domain].item() == pytest.approx(expected.item(), rel=1e-6)
     assert loss_sums[3].item() == 0.0
+    assert metric.take_sample_losses() == []
+
+
+def test_domain_cross_entropy_equals_llm_foundrys_cross_entropy():
+    logits = torch.randn(4, 6, 11)
+    targets = next_token_targets(torch.randint(0, 11, (4, 6)))
+    targets[1, 2] = -100
+    reference, metric = LanguageCrossEntropy(), DomainCrossEntropy()
+    reference.update(logits, targets)
+    metric.update({}, logits, targets)
+    assert metric.compute().item() == pytest.approx(reference.compute().item(), rel=1e-6)
+    assert metric.sample_losses == []  # a batch without domains keeps no per-sample losses
 
 
 @pytest.mark.parametrize(
@@ -114,11 +133,10 @@ def trainer_state(data: Path, eval_domains: Sequence[str] = DOMAINS, lookahead_b
     return SimpleNamespace(
         train_dataloader=DataLoader(train, batch_size=4),
         evaluators=[Evaluator(label='eval', dataloader=DataSpec(DataLoader(evaluation, batch_size=4)), metric_names=[])],
+        eval_metrics={'eval': {'LanguageCrossEntropy': LanguageCrossEntropy(), 'LanguagePerplexity': LanguagePerplexity()}},
         device=DeviceCPU(),
         dataloader_label='eval',
         timestamp=SimpleNamespace(sample=0),
-        batch=None,
-        outputs=None,
     )
 
 
@@ -126,16 +144,17 @@ def evaluate(
     callback: DynamicLoading, state: SimpleNamespace, logger: RecordingLogger,
     batches: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 ) -> None:
-    """Run the callback's evaluation events over (labels, domains, logits) batches, as Composer's eval loop does."""
+    """Run the callback's evaluation events and the metric updates over (labels, domains, logits) batches, as
+    Composer's eval loop does (the model's eval_forward shifts the labels to the next-token targets)."""
     callback.eval_before_all(state, logger)
-    for batch_labels, domains, logits in batches:
-        labels = batch_labels.clone()
-        state.batch = {'input_ids': labels.clone(), 'labels': labels, 'domain': domains}
-        callback.eval_before_forward(state, logger)
-        del state.batch['labels']  # eval_forward takes them
-        labels[:, :-1] = labels[:, 1:].clone()  # and shifts them in place
-        state.outputs = logits
-        callback.eval_after_forward(state, logger)
+    metrics = state.eval_metrics['eval']
+    for metric in metrics.values():
+        metric.reset()
+    for labels, domains, logits in batches:
+        batch = {'input_ids': labels, 'domain': domains}
+        for metric in metrics.values():
+            metric.update(batch, logits, next_token_targets(labels))
+        callback.eval_batch_end(state, logger)
     callback.eval_after_all(state, logger)
 
 
@@ -163,6 +182,8 @@ def test_each_evaluation_updates_the_training_proportions_as_computed_by_hand(da
     callback = DynamicLoading(reference='initial', eta=0.5, smoothing=1e-3)
     callback.after_load(state, logger)
     dataset = state.train_dataloader.dataset
+    assert list(state.eval_metrics['eval']) == ['LanguageCrossEntropy']
+    assert isinstance(state.eval_metrics['eval']['LanguageCrossEntropy'], DomainCrossEntropy)
 
     first, second = random_eval_batches(0), random_eval_batches(1)
     first_losses, second_losses = hand_losses(first), hand_losses(second)
@@ -365,3 +386,40 @@ def test_a_resumed_run_equals_the_uninterrupted_one(training_runs):
     assert resumed['model'].keys() == uninterrupted['model'].keys()
     for name, weight in uninterrupted['model'].items():
         assert torch.equal(resumed['model'][name], weight), name
+
+
+def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_logits(data, tmp_path):
+    """On a tiny model, Composer's eval_forward and metric updates, microbatched, give the callback the per-domain
+    losses of a separate full-vocabulary cross-entropy of the logits (the computation the callback used to repeat)."""
+    model = HuggingFaceModel(AutoModelForCausalLM.from_pretrained(save_toy_model(tmp_path / 'toy')), use_logits=True, shift_labels=True).eval()
+    state = trainer_state(data)
+    logger = RecordingLogger()
+    callback = DynamicLoading(reference=[0.0, 0.0, 0.0], update='constant')
+    callback.after_load(state, logger)
+    metric = state.eval_metrics['eval']['LanguageCrossEntropy']
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        {'input_ids': torch.randint(len(SPECIAL_TOKENS), VOCAB, (4, 16), generator=generator), 'domain': torch.tensor(domains)}
+        for domains in ([0, 1, 2, 0], [2, 2, 1, 0])
+    ]
+    expected_sums = torch.zeros(len(DOMAINS), dtype=torch.float64)
+    expected_counts = torch.zeros(len(DOMAINS), dtype=torch.float64)
+    callback.eval_before_all(state, logger)
+    metric.reset()
+    with torch.no_grad():
+        for batch in batches:
+            for rows in (slice(0, 2), slice(2, 4)):
+                microbatch = {key: value[rows] for key, value in batch.items()} | {'labels': batch['input_ids'][rows].clone()}
+                logits = model.eval_forward(microbatch)
+                model.update_metric(microbatch, logits, metric)
+                targets = next_token_targets(batch['input_ids'][rows])
+                token_losses = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction='none')
+                expected_sums.index_add_(0, batch['domain'][rows], token_losses.view(targets.shape).sum(dim=1).double())
+                expected_counts.index_add_(0, batch['domain'][rows], (targets != -100).sum(dim=1).double())
+            callback.eval_batch_end(state, logger)
+    callback.eval_after_all(state, logger)
+
+    logged = logger.metrics[-1]
+    for index, name in enumerate(DOMAINS):
+        assert logged[f'dynamic_loading/loss/{name}'] == pytest.approx((expected_sums[index] / expected_counts[index]).item(), rel=1e-6)
+    assert metric.compute().item() == pytest.approx((expected_sums.sum() / expected_counts.sum()).item(), rel=1e-6)

@@ -3,7 +3,10 @@ eval loss lags furthest behind a reference (Sheared-LLaMA's dynamic batch loadin
 
 ``domain_loss_sums`` and ``doremi_update`` hold the math; ``DynamicLoading`` decides when: it sums each
 domain's token losses over the eval batches, reduces them over ranks after all evaluators ran, updates
-the proportions and hands them to the training dataset. ``final_domain_weights`` reads the proportions a
+the proportions and hands them to the training dataset. The token losses are those the evaluation computes
+anyway: on its per-domain evaluators the callback puts ``DomainCrossEntropy`` (logged as
+``LanguageCrossEntropy``, the same value) in place of llm-foundry's cross-entropy and perplexity metrics, so that
+an eval batch computes the full-vocabulary cross-entropy once. ``final_domain_weights`` reads the proportions a
 run ended with, so that continued pre-training can start from those pruning ended with.
 """
 
@@ -21,11 +24,13 @@ import torch
 import torch.nn.functional as F
 from composer.core import Callback, DataSpec, Evaluator, State
 from composer.loggers import Logger
+from composer.metrics.nlp import LanguageCrossEntropy
 from composer.utils import dist
 from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from_keys
 from torch.utils.data import DataLoader, Dataset
 
 from llmshearing.data.dynamic_dataset import DomainStreamingDataset, DynamicStreamingDataset, validate_proportions
+from llmshearing.metrics import DomainCrossEntropy, SampleLosses
 from llmshearing.pruning.export import is_sharded_checkpoint, resolve_checkpoint
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 IGNORE_INDEX = -100
 UPDATES = ('doremi', 'constant')
 INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
+EVAL_LOSS_KEY = 'LanguageCrossEntropy'  # the name under which Composer logs the eval loss: metrics/eval/LanguageCrossEntropy
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
@@ -40,25 +46,15 @@ def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
 
 
-def domain_loss_sums(
-    logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor, num_domains: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per domain, the summed next-token cross-entropy and the number of predicted tokens (float64).
-
-    Args:
-        logits: ``[batch, seq_len, vocab]``; position ``t`` predicts ``labels[:, t + 1]``.
-        labels: ``[batch, seq_len]``, ``-100`` where no loss is taken.
-        domains: ``[batch]``, each sample's domain index.
-        num_domains: the number of domains.
-    """
-    targets = next_token_targets(labels)
-    token_losses = F.cross_entropy(
-        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction='none',
-    ).view(targets.shape)
-    loss_sums = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)
-    token_counts = torch.zeros(num_domains, dtype=torch.float64, device=logits.device)
-    loss_sums.index_add_(0, domains, token_losses.sum(dim=1).double())
-    token_counts.index_add_(0, domains, (targets != IGNORE_INDEX).sum(dim=1).double())
+def domain_loss_sums(sample_losses: Sequence[SampleLosses], num_domains: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per domain, the summed next-token cross-entropy and the number of predicted tokens (float64, on the CPU),
+    from ``DomainCrossEntropy``'s per-sample losses."""
+    loss_sums = torch.zeros(num_domains, dtype=torch.float64)
+    token_counts = torch.zeros(num_domains, dtype=torch.float64)
+    for losses in sample_losses:
+        domains = losses.domains.cpu()
+        loss_sums.index_add_(0, domains, losses.loss_sums.cpu())
+        token_counts.index_add_(0, domains, losses.token_counts.cpu())
     return loss_sums, token_counts
 
 
@@ -109,6 +105,10 @@ class DynamicLoading(Callback):
     over the same ``domains``; checks them as soon as the Trainer has them. Every evaluation (periodic, or
     ``eval_first``) updates the proportions, which apply to the training samples the DataLoaders have not
     prepared yet, on every rank.
+
+    The per-domain losses come from the evaluation's own loss: on those evaluators the callback replaces
+    ``LanguageCrossEntropy`` and ``LanguagePerplexity`` by one ``DomainCrossEntropy`` logged as
+    ``metrics/<label>/LanguageCrossEntropy`` (perplexity is its ``exp`` and is not logged there).
 
     Args:
         reference: each domain's reference loss, in the order of the data's ``domains``, or ``'initial'``:
@@ -164,7 +164,6 @@ class DynamicLoading(Callback):
         self.proportions: tuple[float, ...] | None = None
         self._dataset: DynamicStreamingDataset | None = None
         self._eval_labels: set[str] = set()
-        self._labels: torch.Tensor | None = None
         self._loss_sums: torch.Tensor | None = None
         self._token_counts: torch.Tensor | None = None
 
@@ -182,20 +181,13 @@ class DynamicLoading(Callback):
     def eval_standalone_start(self, state: State, logger: Logger) -> None:
         self._start_evaluation()
 
-    def eval_before_forward(self, state: State, logger: Logger) -> None:
-        # The model's eval_forward takes the labels out of the batch (and may shift them in place).
-        if self._loss_sums is not None and state.dataloader_label in self._eval_labels:
-            self._labels = state.batch['labels'].clone()
-
-    def eval_after_forward(self, state: State, logger: Logger) -> None:
-        if self._labels is None:
+    def eval_batch_end(self, state: State, logger: Logger) -> None:
+        if self._loss_sums is None or state.dataloader_label not in self._eval_labels:
             return
-        logits = state.outputs if isinstance(state.outputs, torch.Tensor) else state.outputs['logits']
-        num_domains = len(self._dataset.domains)
-        loss_sums, token_counts = domain_loss_sums(logits, self._labels, state.batch['domain'], num_domains)
-        self._loss_sums += loss_sums.cpu()
-        self._token_counts += token_counts.cpu()
-        self._labels = None
+        metric = state.eval_metrics[state.dataloader_label][EVAL_LOSS_KEY]
+        loss_sums, token_counts = domain_loss_sums(metric.take_sample_losses(), len(self._dataset.domains))
+        self._loss_sums += loss_sums
+        self._token_counts += token_counts
 
     def eval_after_all(self, state: State, logger: Logger) -> None:
         self._finish_evaluation(state, logger)
@@ -241,6 +233,7 @@ class DynamicLoading(Callback):
                         f'data\'s domains {list(domains)}',
                     )
                 self._eval_labels.add(evaluator.label)
+                _compute_loss_once(state.eval_metrics.setdefault(evaluator.label, {}))
         if not self._eval_labels:
             raise ValueError(
                 'callbacks.dynamic_loading needs an eval_loader of name dynamic_text, for the per-domain losses',
@@ -306,6 +299,16 @@ class DynamicLoading(Callback):
             metrics[f'dynamic_loading/reference/{name}'] = reference
             metrics[f'dynamic_loading/proportion/{name}'] = proportion
         logger.log_metrics(metrics)
+
+
+def _compute_loss_once(metrics: dict[str, Any]) -> None:
+    """Replace an evaluator's cross-entropy metrics (llm-foundry's ``LanguageCrossEntropy`` and
+    ``LanguagePerplexity``) by one ``DomainCrossEntropy``, logged as ``LanguageCrossEntropy``."""
+    if isinstance(metrics.get(EVAL_LOSS_KEY), DomainCrossEntropy):
+        return
+    for name in [name for name, metric in metrics.items() if isinstance(metric, LanguageCrossEntropy)]:
+        del metrics[name]
+    metrics[EVAL_LOSS_KEY] = DomainCrossEntropy()
 
 
 def _checked_proportions(proportions: Sequence[float], num_domains: int) -> tuple[float, ...]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from llmfoundry.data.dataloader import build_dataloader
-from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_tokenizer
+from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_icl_evaluators, build_tokenizer
 from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from transformers import AutoConfig
@@ -118,3 +118,24 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
     assert batch['input_ids'].shape == (device_batch_size, SEQ_LEN)
     if train_config.eval_loader is not None:
         build_dataloader(train_config.eval_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None}, tokenizer, device_batch_size)
+
+
+EVAL_TASKS = REPO.parent / 'shared' / 'data' / 'eval-tasks'
+
+
+@pytest.mark.skipif(not EVAL_TASKS.is_dir(), reason=f'no shared task folder {EVAL_TASKS}')
+def test_icl_tasks_are_off_by_default_in_the_tiny_recipes_and_on_with_a_task_folder(workspace, tmp_path):
+    """variables.eval_tasks_dir switches the recipes' icl_tasks block; switched on, llm-foundry builds its
+    evaluators from the shared task files (one task of each kind here)."""
+    for yaml_path in YAMLS:
+        overrides = [f'variables.model_path={workspace / "models" / "toy"}', f'variables.data_local={workspace / "data"}']
+        if yaml_path.parent.name == 'tiny':
+            assert load_train_config(yaml_path, overrides).icl_tasks == [], yaml_path.name
+        tasks = load_train_config(yaml_path, overrides + [f'variables.eval_tasks_dir={EVAL_TASKS}']).icl_tasks
+        assert sorted(Path(task['dataset_uri']) for task in tasks) == sorted(EVAL_TASKS.glob('*.jsonl')), yaml_path.name
+
+    config = load_train_config(REPO / 'yamls/tiny/pruning.yaml', [f'variables.eval_tasks_dir={EVAL_TASKS}'])
+    kinds = {task['icl_task_type']: task for task in om.to_container(config.icl_tasks, resolve=True)}
+    tokenizer = byte_level_tokenizer()
+    evaluators, _ = build_icl_evaluators(list(kinds.values()), tokenizer, config.icl_seq_len, 4, destination_dir=str(tmp_path))
+    assert [evaluator.label for evaluator in evaluators] == [f'{task["label"]}/0-shot' for task in kinds.values()]

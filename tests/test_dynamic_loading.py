@@ -147,6 +147,7 @@ def evaluate(
     """Run the callback's evaluation events and the metric updates over (labels, domains, logits) batches, as
     Composer's eval loop does (the model's eval_forward shifts the labels to the next-token targets)."""
     callback.eval_before_all(state, logger)
+    callback.eval_start(state, logger)
     metrics = state.eval_metrics['eval']
     for metric in metrics.values():
         metric.reset()
@@ -182,6 +183,8 @@ def test_each_evaluation_updates_the_training_proportions_as_computed_by_hand(da
     callback = DynamicLoading(reference='initial', eta=0.5, smoothing=1e-3)
     callback.after_load(state, logger)
     dataset = state.train_dataloader.dataset
+    assert list(state.eval_metrics['eval']) == ['LanguageCrossEntropy', 'LanguagePerplexity']
+    callback.eval_start(state, logger)
     assert list(state.eval_metrics['eval']) == ['LanguageCrossEntropy']
     assert isinstance(state.eval_metrics['eval']['LanguageCrossEntropy'], DomainCrossEntropy)
 
@@ -396,6 +399,8 @@ def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_
     logger = RecordingLogger()
     callback = DynamicLoading(reference=[0.0, 0.0, 0.0], update='constant')
     callback.after_load(state, logger)
+    callback.eval_before_all(state, logger)
+    callback.eval_start(state, logger)
     metric = state.eval_metrics['eval']['LanguageCrossEntropy']
     generator = torch.Generator().manual_seed(0)
     batches = [
@@ -404,7 +409,6 @@ def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_
     ]
     expected_sums = torch.zeros(len(DOMAINS), dtype=torch.float64)
     expected_counts = torch.zeros(len(DOMAINS), dtype=torch.float64)
-    callback.eval_before_all(state, logger)
     metric.reset()
     with torch.no_grad():
         for batch in batches:

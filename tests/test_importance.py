@@ -168,13 +168,13 @@ HALF_TARGET = {'hidden_size': 512, 'num_attention_heads': 6, 'num_key_value_head
 HALF_MODULES = ['layer', 'head', 'kv_head', 'intermediate', 'hidden']
 
 
-def real_text_batches(tokenizer, domains: list[str], offset: int, count: int, seq_len: int) -> list[torch.Tensor]:
-    """``count`` samples of ``seq_len`` tokens, one per document from the domains in turn, skipping ``offset``
-    documents of each domain (calibration and held-out samples come from different documents)."""
+def real_text_batches(tokenizer, domains: list[str], file_index: int, count: int, seq_len: int) -> list[torch.Tensor]:
+    """``count`` samples of ``seq_len`` tokens, one per document from the domains in turn, from each domain's
+    ``file_index``-th file (calibration and held-out samples come from different files)."""
     documents = {}
     for domain in domains:
-        lines = next((REDPAJAMA_SAMPLE / domain).glob('*.jsonl')).read_text().splitlines()
-        documents[domain] = iter(json.loads(line)['text'] for line in lines[offset:])
+        path = sorted((REDPAJAMA_SAMPLE / domain).glob('*.jsonl'))[file_index]
+        documents[domain] = iter(json.loads(line)['text'] for line in path.read_text().splitlines())
     samples = []
     while len(samples) < count:
         for domain in domains:
@@ -193,8 +193,8 @@ def held_out_loss(model, batches: list[torch.Tensor]) -> float:
 def test_smollm2_importance_beats_random_structures(smollm2: Path):
     tokenizer = AutoTokenizer.from_pretrained(smollm2)
     domains = ['c4-rp', 'wiki', 'github', 'arxiv']
-    calibration = real_text_batches(tokenizer, domains, offset=0, count=8, seq_len=128)
-    held_out = real_text_batches(tokenizer, domains, offset=20, count=8, seq_len=128)
+    calibration = real_text_batches(tokenizer, domains, file_index=0, count=8, seq_len=128)
+    held_out = real_text_batches(tokenizer, domains, file_index=1, count=8, seq_len=128)
     losses = {}
     for method in ('activation', 'taylor', 'random'):
         model = AutoModelForCausalLM.from_pretrained(smollm2, torch_dtype=torch.float32)

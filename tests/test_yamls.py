@@ -12,6 +12,7 @@ from llmfoundry.data.dataloader import build_dataloader
 from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_icl_evaluators, build_tokenizer
 from omegaconf import OmegaConf as om
 from streaming import MDSWriter
+from conftest import close_streaming_shared_memory
 from transformers import AutoConfig
 
 from llmshearing.distillation import Distillation
@@ -43,6 +44,13 @@ SOURCES = {
     'llama2_1.3b': dict(model_type='llama', hidden_size=2048, num_attention_heads=16, num_hidden_layers=24, intermediate_size=5504, vocab_size=32000),
     'llama2_370m': dict(model_type='llama', hidden_size=1024, num_attention_heads=8, num_hidden_layers=24, intermediate_size=2816, vocab_size=32000),
 }
+
+
+@pytest.fixture(autouse=True)
+def _close_shared_memory_after_each_recipe():
+    """Each recipe builds its loaders' datasets: close their shared memory before the next (see conftest)."""
+    yield
+    close_streaming_shared_memory()
 
 
 def test_launch_yamls_parse_and_run_a_recipe():

@@ -298,5 +298,5 @@ def _run(args: argparse.Namespace) -> None:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
     )
     written = write_outputs(result, records, args.out)
-    print('\n'.join(results_table(result)))
-    print('Wrote ' + ', '.join(str(path) for path in written.values()))
+    log.info('Results:\n%s', '\n'.join(results_table(result)))
+    log.info('Wrote %s', ', '.join(str(path) for path in written.values()))

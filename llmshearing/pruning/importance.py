@@ -172,12 +172,12 @@ def parse_target(value: str) -> dict[str, int]:
 
 
 def importance_report(
-    method: str, target: Mapping[str, int], l0_module: L0Module, scores: StructureMasks, masks: StructureMasks,
-    calibration: Mapping[str, Any],
+    method: str, target: Mapping[str, int], l0_module: L0Module, scores: StructureMasks,
+    gates: Mapping[str, torch.Tensor], calibration: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """What ``importance.json`` holds: the settings, every score per mask kind and what was kept."""
+    """What ``importance.json`` holds: the settings, every score per mask kind and what ``gates`` kept."""
     kind_scores = mask_kind_scores(l0_module, scores)
-    gates = kind_gates(l0_module, scores)
+    masks = l0_module.structure_masks(gates)
     return {
         'method': method,
         'source': vars(l0_module.source),
@@ -218,12 +218,13 @@ def prune_oneshot(args: argparse.Namespace) -> Path:
     log.info('Scoring %s by %s importance on %d calibration samples', l0_module.source, args.importance,
              sum(len(batch) for batch in batches))
     scores = importance_scores(model, args.importance, tqdm(batches, desc='calibration batches', unit='batch'))
-    masks = masks_from_scores(l0_module, scores)
+    gates = kind_gates(l0_module, scores)
+    masks = l0_module.structure_masks(gates)
     attach_masks(model, args.target, args.pruning_modules)
     write_pruned_model(model, AutoTokenizer.from_pretrained(args.model), args.output_dir, args.dtype, masks=masks)
     calibration = {'data': str(args.data), 'domains': args.domains, 'samples': sum(len(batch) for batch in batches),
                    'seq_len': args.seq_len, 'batch_size': args.batch_size}
-    report = importance_report(args.importance, args.target, l0_module, scores, masks, calibration)
+    report = importance_report(args.importance, args.target, l0_module, scores, gates, calibration)
     (args.output_dir / 'importance.json').write_text(json.dumps(report, indent=1) + '\n')
     if masks.query_heads is not None and masks.intermediate is not None:
         plot_kept_structures(masks).savefig(args.output_dir / 'kept_structures.png', dpi=100)

@@ -33,15 +33,17 @@ cores. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batch
 and 16 min of CPU (user) time with one seed on 2 cores shared with other jobs (load 12–14), about 10 min on 2 quiet cores.
 
     .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init uniform:0.5]
-        [--scratch] [--threads 2]
+        [--scratch] [--threads 2] [--resume]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shlex
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -180,6 +182,37 @@ class ShearingInit:
         return 'importance' if self.kind == 'importance' else f'uniform:{self.droprate}'
 
 
+class StageLedger:
+    """The experiment's finished steps, one JSON line each in ``stages.jsonl`` (name, batches, wall seconds, commit):
+    ``--resume`` skips them and redoes an interrupted step from the start."""
+
+    def __init__(self, path: Path, commit: str) -> None:
+        self.path = path
+        self.commit = commit
+        lines = path.read_text().splitlines() if path.exists() else []
+        self.entries = {entry['name']: entry for entry in map(json.loads, lines)}
+
+    def run(self, name: str, batches: int, action: Callable[[], Any], output: Path) -> None:
+        """Run ``action``, which writes ``output``, unless the ledger has ``name``; first remove ``output`` if an
+        interrupted run left it."""
+        if name in self.entries:
+            log.info('%s: finished in an earlier run (%s)', name, self.path)
+            return
+        if output.exists():
+            log.warning('%s: removing %s, left by an interrupted run', name, output)
+            shutil.rmtree(output) if output.is_dir() else output.unlink()
+        started = time.monotonic()
+        action()
+        entry = {'name': name, 'batches': batches, 'wall_seconds': time.monotonic() - started, 'commit': self.commit}
+        with self.path.open('a') as ledger:
+            ledger.write(json.dumps(entry) + '\n')
+        self.entries[name] = entry
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return list(self.entries.values())
+
+
 def pruning_stage(
     settings: Settings, data_dir: Path, source: Path, run_dir: Path, seed: int, mix: Sequence[float], reference: str,
     init_overrides: Sequence[str], label: str,
@@ -221,7 +254,7 @@ def continued_stage(
 
 def scratch_stage(settings: Settings, data_dir: Path, source: Path, output_dir: Path, seed: int, mix: Sequence[float]) -> Stage:
     """T's shape from random weights on the fixed ``mix`` for the small models' batches (``yamls/tiny/source.yaml``)."""
-    initial_model = output_dir / 'init'
+    initial_model = output_dir.parent / 'scratch_init'
     AutoConfig.from_pretrained(source, **TARGET_SHAPE).save_pretrained(initial_model)
     AutoTokenizer.from_pretrained(source).save_pretrained(initial_model)
     batches = settings.small_model_batches
@@ -423,6 +456,13 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         *stages_and_commands(results),
     ]
+    earlier = {stage['name']: stage['commit'] for stage in results['stages'] if stage['commit'] != results['commit']}
+    if earlier:
+        lines += [
+            f'Continued with `--resume`: {len(earlier)} stages had finished in the interrupted run, at commit '
+            f'{", ".join(f"`{commit}`" for commit in sorted(set(earlier.values())))}: {", ".join(earlier)}.',
+            '',
+        ]
     return '\n'.join(lines)
 
 
@@ -440,37 +480,40 @@ def check_finite(value: Any, path: str = 'results') -> None:
 
 def run_experiment(
     output_dir: Path, settings: Settings, seeds: Sequence[int], command: str, shearing_init: ShearingInit,
-    scratch: bool = False, data: Path = DATA, task_dir: Path = TASK_DIR, source: Path | None = None,
+    scratch: bool = False, data: Path = DATA, task_dir: Path = TASK_DIR, source: Path | None = None, resume: bool = False,
 ) -> Path:
-    """Every stage into ``output_dir`` (new or empty); return the report folder."""
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f'output folder {output_dir} is not empty; choose another with --output')
+    """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
+    kept); return the report folder."""
+    ledger_file = output_dir / 'stages.jsonl'
+    if resume and not ledger_file.is_file():
+        raise FileNotFoundError(f'--resume: {ledger_file} does not exist; {output_dir} is not an interrupted run of this experiment')
+    if not resume and output_dir.exists() and any(output_dir.iterdir()):
+        raise FileExistsError(f'output folder {output_dir} is not empty; choose another with --output, or continue it with --resume')
+    if resume and (output_dir / 'report').exists():
+        raise FileExistsError(f'--resume: {output_dir} already has its report')
     if not task_dir.is_dir():
         raise FileNotFoundError(f'task folder {task_dir} does not exist')
     started = time.monotonic()
     commit, dirty = git_commit()
     source = source or smollm2_folder()
-    stage_log: list[dict[str, Any]] = []
-
-    def timed(name: str, batches: int, action: Callable[[], Any]) -> Any:
-        stage_started = time.monotonic()
-        value = action()
-        stage_log.append({'name': name, 'batches': batches, 'wall_seconds': time.monotonic() - stage_started})
-        return value
+    output_dir.mkdir(parents=True, exist_ok=True)
+    ledger = StageLedger(ledger_file, commit)
 
     data_dir = output_dir / 'data'
-    timed('prepare data', 0, lambda: prepare_data(
+    ledger.run('prepare data', 0, lambda: prepare_data(
         data, data_dir, source, settings.seq_len, eval_samples=settings.eval_samples, domains=DOMAINS,
         max_docs_per_domain=settings.max_docs_per_domain,
-    ))
+    ), data_dir)
     mix = natural_mix(training_tokens(data_dir))
-    source_losses = timed('held-out losses of S', 0, lambda: evaluate(source, data_dir, output_dir / 'source_losses.json'))
+    source_losses_file = output_dir / 'source_losses.json'
+    ledger.run('held-out losses of S', 0, lambda: evaluate(source, data_dir, source_losses_file), source_losses_file)
+    source_losses = json.loads(source_losses_file.read_text())
     reference = reference_override(source_losses['losses'])
 
     oneshot_dir = output_dir / 'oneshot' / 'pruned'
     oneshot_arguments = prune_oneshot_command(settings, source, data_dir, oneshot_dir)
     oneshot_args = build_parser().parse_args(oneshot_arguments)
-    timed('prune-oneshot (activation)', 0, lambda: oneshot_args.run(oneshot_args))
+    ledger.run('prune-oneshot (activation)', 0, lambda: oneshot_args.run(oneshot_args), oneshot_dir)
     importance_file = oneshot_dir / 'importance.json'
 
     model_dirs: dict[str, list[Path]] = {name: [] for name in MODELS}
@@ -504,10 +547,19 @@ def run_experiment(
         if scratch:
             named['scratch'] = scratch_stage(settings, data_dir, source, seed_dir / 'scratch', seed, mix)
         for name, stage in named.items():
-            stage_log.append({'name': stage.name, 'batches': stage.batches, 'wall_seconds': stage.run()})
+            ledger.run(stage.name, stage.batches, stage.run, stage.output_dir)
             model_dirs[name].append(stage.final_model)
             stage_commands.append(stage.command)
         stages_by_seed[seed] = named
+
+    stage_log = ledger.stages
+
+    def timed(name: str, action: Callable[[], Any]) -> Any:
+        """``action()``, its wall seconds logged as a stage (the measuring steps, redone by ``--resume``)."""
+        started = time.monotonic()
+        value = action()
+        stage_log.append({'name': name, 'batches': 0, 'wall_seconds': time.monotonic() - started, 'commit': commit})
+        return value
 
     evaluations: dict[str, list[dict[str, Any]]] = {name: [] for name in MODELS}
     for name, folders in model_dirs.items():
@@ -515,7 +567,7 @@ def run_experiment(
             losses = source_losses if name == 'source' else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
             evaluations[name].append(losses | {'mean_loss': report.ModelSummary.from_evaluation(name, losses).mean_loss})
     all_folders = [folder for folders in model_dirs.values() for folder in folders]
-    downstream, records = timed(f'evaluate ({len(all_folders)} models)', 0, lambda: evaluate_models(
+    downstream, records = timed(f'evaluate ({len(all_folders)} models)', lambda: evaluate_models(
         all_folders, settings.tasks, task_dir, limit=settings.task_limit, seed=TASK_SEED, num_fewshot=0,
     ))
     write_outputs(downstream, records, output_dir / 'downstream' / 'tasks.json')
@@ -524,7 +576,7 @@ def run_experiment(
             task_result = downstream['models'][str(folder)]
             evaluation |= {'tasks': task_result['tasks'], 'average': task_result['average'], 'average_stderr': average_stderr(task_result['tasks'])}
     first_seed = stages_by_seed[seeds[0]]
-    throughput = timed('throughput', 0, lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings))
+    throughput = timed('throughput', lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings))
 
     source_shape = ModelShape.from_config(AutoConfig.from_pretrained(source))
     target_shape = source_shape.with_target(TARGET_SHAPE)
@@ -597,6 +649,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--shearing-init', type=ShearingInit.parse, default=ShearingInit('uniform', 0.5),
                         help='masks of the shearing arms: importance or uniform:P, drop rate P (default: uniform:0.5)')
     parser.add_argument('--scratch', action='store_true', help='also train T from scratch on the same tokens')
+    parser.add_argument('--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages')
     parser.add_argument('--data', type=Path, default=DATA, help='per-domain jsonl folders (default: ../shared/data/redpajama-sample)')
     parser.add_argument('--task-dir', type=Path, default=TASK_DIR, help='task files (default: ../shared/data/eval-tasks)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default: 2)')
@@ -607,6 +660,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     report_dir = run_experiment(
         output_dir, QUICK if args.quick else FULL, args.seeds, command, args.shearing_init, args.scratch, args.data, args.task_dir,
+        resume=args.resume,
     )
     print((report_dir / 'README.md').read_text())
 

@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shlex
 import subprocess
 import sys
@@ -47,7 +48,6 @@ from transformers import LlamaTokenizerFast
 from llmshearing import report
 from llmshearing.data.prepare import prepare_data
 from llmshearing.data.reference_loss import evaluate_domain_losses
-from llmshearing.preflight import check_train_config, load_train_config
 from llmshearing.pruning.shape import ModelShape
 from llmshearing.toy import llama_config
 
@@ -131,14 +131,16 @@ class Stage:
         return shlex.join(['composer', 'train.py', str(self.yaml.relative_to(REPO)), *self.overrides])
 
     def run(self) -> float:
-        """Check the config as ``train.py`` does, train, and return the wall seconds it took."""
-        from llmfoundry.command_utils import train
-
+        """Train through ``train.py`` in a child process with this process's torch threads, and return the wall
+        seconds it took. A process per stage returns all of a stage's memory: one process running stage after stage
+        keeps growing (a full real-model run was killed for memory at its eleventh stage)."""
         started = time.monotonic()
         log.info('stage %s: %d batches', self.name, self.batches)
-        config = load_train_config(self.yaml, list(self.overrides))
-        check_train_config(config)
-        train(config).close()
+        threads = str(torch.get_num_threads())
+        environment = os.environ | {'OMP_NUM_THREADS': threads, 'MKL_NUM_THREADS': threads}
+        completed = subprocess.run([sys.executable, str(REPO / 'train.py'), str(self.yaml), *self.overrides], cwd=REPO, env=environment)
+        if completed.returncode != 0:
+            raise RuntimeError(f'stage {self.name} failed with exit status {completed.returncode}: {self.command}')
         return time.monotonic() - started
 
 

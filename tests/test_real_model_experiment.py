@@ -64,6 +64,51 @@ def test_shearing_init_parses_importance_and_uniform_rates():
             experiment.ShearingInit.parse(wrong)
 
 
+def test_ledger_skips_finished_steps_and_redoes_an_interrupted_one(tmp_path):
+    experiment = load_experiment()
+    ledger_file = tmp_path / 'stages.jsonl'
+    calls = []
+    ledger = experiment.StageLedger(ledger_file, 'commit-a')
+    ledger.run('first', 3, lambda: calls.append('first') or (tmp_path / 'first').mkdir(), tmp_path / 'first')
+    leftover = tmp_path / 'second'
+    leftover.mkdir()
+    (leftover / 'partial.bin').write_text('from a killed run')
+
+    resumed = experiment.StageLedger(ledger_file, 'commit-b')
+    resumed.run('first', 3, lambda: calls.append('first again'), tmp_path / 'first')
+    resumed.run('second', 5, lambda: calls.append('second') or leftover.mkdir(), leftover)
+
+    assert calls == ['first', 'second']
+    assert not (leftover / 'partial.bin').exists()
+    assert [(stage['name'], stage['batches'], stage['commit']) for stage in resumed.stages] == [('first', 3, 'commit-a'), ('second', 5, 'commit-b')]
+    assert [json.loads(line)['name'] for line in ledger_file.read_text().splitlines()] == ['first', 'second']
+    assert all(stage['wall_seconds'] >= 0 for stage in resumed.stages)
+
+
+def test_resume_needs_an_interrupted_run_and_a_new_run_an_empty_folder(tmp_path):
+    experiment = load_experiment()
+    settings, task_dir = experiment.QUICK, tmp_path / 'tasks'
+    task_dir.mkdir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f'--resume: {tmp_path / "run" / "stages.jsonl"} does not exist')):
+        experiment.run_experiment(tmp_path / 'run', settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir, resume=True)
+    used = tmp_path / 'used'
+    used.mkdir()
+    (used / 'stages.jsonl').write_text('')
+    with pytest.raises(FileExistsError, match='is not empty; choose another with --output, or continue it with --resume'):
+        experiment.run_experiment(used, settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir)
+    (used / 'report').mkdir()
+    with pytest.raises(FileExistsError, match=re.escape(f'--resume: {used} already has its report')):
+        experiment.run_experiment(used, settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir, resume=True)
+    assert sorted(path.name for path in used.iterdir()) == ['report', 'stages.jsonl']
+
+
+def test_a_failing_stage_names_itself_and_its_command(tmp_path):
+    experiment = load_experiment()
+    stage = experiment.Stage('pruning (sheared, seed 1)', 'missing.yaml', tmp_path, 2, ('seed=1',), tmp_path / 'final')
+    with pytest.raises(RuntimeError, match=re.escape('stage pruning (sheared, seed 1) failed with exit status 1: composer train.py yamls/tiny/missing.yaml seed=1')):
+        stage.run()
+
+
 @pytest.mark.skipif(
     os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
     reason='about 10 minutes on 2 cores (SmolLM2 through eleven stages): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
@@ -80,7 +125,7 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
         'pruning (sheared, seed 1)', 'continued pre-training (sheared, seed 1)',
         'pruning (sheared_importance_init, seed 1)', 'continued pre-training (sheared_importance_init, seed 1)',
         'continued pre-training (sheared, distilled, seed 1)', 'continued pre-training (oneshot, seed 1)',
-        'continued pre-training (oneshot, distilled, seed 1)', 'evaluate (9 models)', 'throughput',
+        'continued pre-training (oneshot, distilled, seed 1)', 'held-out losses (8 models)', 'evaluate (9 models)', 'throughput',
     ]
     assert set(results['models']) == set(experiment.MODELS) - {'scratch'}
     for name, runs in results['models'].items():

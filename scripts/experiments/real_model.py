@@ -24,13 +24,14 @@ Measures of every model: per-domain and mean held-out LM loss; ``evaluate_models
 shared tasks, 0-shot, on one seeded subset of ``task_limit`` rows per task for every model; the average accuracy;
 parameters; the throughput of a batched forward and of greedy generation on CPU, relative to S.
 
-Sizing: a masked SmolLM2 pruning step of 4 × 256 tokens takes 6–10 s on 2 cores, a step of T about a third of that
-and a distilled step of T about half a pruning step (S's forward is added). FULL (batches of 4 × 256 tokens, 20
-pruning + 40 continued batches, 61,440 tokens per small model) then costs per seed about 2 × 20 × 8 s (two pruning
-runs) + 3 × 40 × 2.5 s + 60 × 2.5 s + (40 + 60) × 4.5 s ≈ 19 min; with the lm-eval subset (7 tasks × 40 rows, about
-40 s per small model, 8 models per seed and S) and the held-out losses, 2 seeds take about 55 minutes on 2 quiet
-cores. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) took 32 min wall
-and 16 min of CPU (user) time with one seed on 2 cores shared with other jobs (load 12–14), about 10 min on 2 quiet cores.
+Sizing, measured on 2 quiet cores with FULL (batches of 4 × 256 tokens, 20 pruning + 40 continued batches, 61,440
+tokens per small model): a pruning stage 5.7–6.9 min, a continued stage of T 3.1–3.8 min (40 batches) or 4.2–4.4 min
+(60), with distillation 4.6–4.9 min (40) or 6.3 min (60), scratch 4.2–4.9 min; 39–40 min of stages per seed with
+``--scratch``; held-out losses of 18 models 6.7 min and the lm-eval subset (7 tasks × 40 rows) 8.8 min: 96 min in all
+for 2 seeds. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) took 32 min
+wall and 16 min of CPU (user) time with one seed on 2 cores shared with other jobs (load 12–14), about 10 min on 2
+quiet cores. Each training stage runs ``train.py`` in its own process; ``stages.jsonl`` in the output folder records
+the finished ones, and ``--resume`` continues an interrupted run from there.
 
     .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init uniform:0.5]
         [--scratch] [--threads 2] [--resume]
@@ -409,7 +410,7 @@ def render_report(results: dict[str, Any]) -> str:
         f'{settings["continued_batches"]} continued batches, the one-shot arms {settings["small_model_batches"]} continued batches '
         f'(and {settings["calibration_samples"]} calibration samples, forward only). Shearing masks start as '
         f'`--shearing-init {results["shearing_init"]}`. Seeds {", ".join(map(str, results["seeds"]))}. Wall time '
-        f'{results["wall_seconds"] / 60:.1f} min.',
+        f'{results["wall_seconds"] / 60:.1f} min; the stages below took {sum(stage["wall_seconds"] for stage in results["stages"]) / 60:.1f} min together.',
         '',
         f'Tasks: {tasks["subset_rule"]}, 0-shot ({tasks["harness"]}); ± is the task standard error or half the seeds\' '
         'range, whichever is larger. Losses: mean loss per predicted token (nats), ± half the seeds\' range.',
@@ -561,12 +562,16 @@ def run_experiment(
         stage_log.append({'name': name, 'batches': 0, 'wall_seconds': time.monotonic() - started, 'commit': commit})
         return value
 
-    evaluations: dict[str, list[dict[str, Any]]] = {name: [] for name in MODELS}
-    for name, folders in model_dirs.items():
-        for folder in folders:
-            losses = source_losses if name == 'source' else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
-            evaluations[name].append(losses | {'mean_loss': report.ModelSummary.from_evaluation(name, losses).mean_loss})
+    def held_out_losses() -> dict[str, list[dict[str, Any]]]:
+        evaluations: dict[str, list[dict[str, Any]]] = {name: [] for name in MODELS}
+        for name, folders in model_dirs.items():
+            for folder in folders:
+                losses = source_losses if name == 'source' else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
+                evaluations[name].append(losses | {'mean_loss': report.ModelSummary.from_evaluation(name, losses).mean_loss})
+        return evaluations
+
     all_folders = [folder for folders in model_dirs.values() for folder in folders]
+    evaluations = timed(f'held-out losses ({len(all_folders) - 1} models)', held_out_losses)
     downstream, records = timed(f'evaluate ({len(all_folders)} models)', lambda: evaluate_models(
         all_folders, settings.tasks, task_dir, limit=settings.task_limit, seed=TASK_SEED, num_fewshot=0,
     ))

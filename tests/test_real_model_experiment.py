@@ -4,6 +4,7 @@ SmolLM2-135M and the shared RedPajama sample and tasks, and reports only finite 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
@@ -85,21 +86,33 @@ def test_ledger_skips_finished_steps_and_redoes_an_interrupted_one(tmp_path):
     assert all(stage['wall_seconds'] >= 0 for stage in resumed.stages)
 
 
-def test_resume_needs_an_interrupted_run_and_a_new_run_an_empty_folder(tmp_path):
+def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empty_folder(tmp_path):
     experiment = load_experiment()
-    settings, task_dir = experiment.QUICK, tmp_path / 'tasks'
+    task_dir = tmp_path / 'tasks'
     task_dir.mkdir()
+    importance = experiment.ShearingInit('importance')
+
+    def run(folder: Path, resume: bool, settings=experiment.QUICK, shearing_init=importance) -> None:
+        experiment.run_experiment(folder, settings, [1], 'test', shearing_init, data=tmp_path / 'data', task_dir=task_dir, resume=resume)
+
     with pytest.raises(FileNotFoundError, match=re.escape(f'--resume: {tmp_path / "run" / "stages.jsonl"} does not exist')):
-        experiment.run_experiment(tmp_path / 'run', settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir, resume=True)
+        run(tmp_path / 'run', resume=True)
     used = tmp_path / 'used'
     used.mkdir()
     (used / 'stages.jsonl').write_text('')
+    with pytest.raises(FileNotFoundError, match=re.escape(f'--resume: {used / "setup.json"} does not exist')):
+        run(used, resume=True)
+    setup = {'settings': dataclasses.asdict(experiment.QUICK), 'shearing_init': 'importance', 'scratch': False, 'data': str(tmp_path / 'data')}
+    (used / 'setup.json').write_text(json.dumps(setup))
     with pytest.raises(FileExistsError, match='is not empty; choose another with --output, or continue it with --resume'):
-        experiment.run_experiment(used, settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir)
+        run(used, resume=False)
+    with pytest.raises(ValueError, match=re.escape("--resume: settings, shearing_init differ from the interrupted run's")):
+        run(used, resume=True, settings=experiment.FULL, shearing_init=experiment.ShearingInit('uniform', 0.5))
     (used / 'report').mkdir()
     with pytest.raises(FileExistsError, match=re.escape(f'--resume: {used} already has its report')):
-        experiment.run_experiment(used, settings, [1], 'test', experiment.ShearingInit('importance'), task_dir=task_dir, resume=True)
-    assert sorted(path.name for path in used.iterdir()) == ['report', 'stages.jsonl']
+        run(used, resume=True)
+    assert sorted(path.name for path in used.iterdir()) == ['report', 'setup.json', 'stages.jsonl']
+    assert json.loads((used / 'setup.json').read_text()) == setup
 
 
 def test_a_failing_stage_names_itself_and_its_command(tmp_path):
@@ -111,7 +124,7 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
 
 @pytest.mark.skipif(
     os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='about 10 minutes on 2 cores (SmolLM2 through eleven stages): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
+    reason='about 5 minutes on 2 quiet cores (SmolLM2 through eleven steps): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
 )
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
     experiment = load_experiment()

@@ -28,10 +28,10 @@ Sizing, measured on 2 quiet cores with FULL (batches of 4 × 256 tokens, 20 prun
 tokens per small model): a pruning stage 5.7–6.9 min, a continued stage of T 3.1–3.8 min (40 batches) or 4.2–4.4 min
 (60), with distillation 4.6–4.9 min (40) or 6.3 min (60), scratch 4.2–4.9 min; 39–40 min of stages per seed with
 ``--scratch``; held-out losses of 18 models 6.7 min and the lm-eval subset (7 tasks × 40 rows) 8.8 min: 96 min in all
-for 2 seeds. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) took 32 min
-wall and 16 min of CPU (user) time with one seed on 2 cores shared with other jobs (load 12–14), about 10 min on 2
-quiet cores. Each training stage runs ``train.py`` in its own process; ``stages.jsonl`` in the output folder records
-the finished ones, and ``--resume`` continues an interrupted run from there.
+for 2 seeds. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) takes 4
+min 40 s with one seed on 2 quiet cores (its test). Each training stage runs ``train.py`` in its own process;
+``stages.jsonl`` in the output folder records the finished ones and ``setup.json`` its settings; ``--resume``
+continues an interrupted run with the same settings.
 
     .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init uniform:0.5]
         [--scratch] [--threads 2] [--resume]
@@ -199,9 +199,12 @@ class StageLedger:
         if name in self.entries:
             log.info('%s: finished in an earlier run (%s)', name, self.path)
             return
-        if output.exists():
+        if output.is_dir():
             log.warning('%s: removing %s, left by an interrupted run', name, output)
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
+            shutil.rmtree(output)
+        elif output.exists():
+            log.warning('%s: removing %s, left by an interrupted run', name, output)
+            output.unlink()
         started = time.monotonic()
         action()
         entry = {'name': name, 'batches': batches, 'wall_seconds': time.monotonic() - started, 'commit': self.commit}
@@ -485,19 +488,27 @@ def run_experiment(
 ) -> Path:
     """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
     kept); return the report folder."""
-    ledger_file = output_dir / 'stages.jsonl'
-    if resume and not ledger_file.is_file():
-        raise FileNotFoundError(f'--resume: {ledger_file} does not exist; {output_dir} is not an interrupted run of this experiment')
-    if not resume and output_dir.exists() and any(output_dir.iterdir()):
+    ledger_file, setup_file = output_dir / 'stages.jsonl', output_dir / 'setup.json'
+    setup = {'settings': asdict(settings), 'shearing_init': str(shearing_init), 'scratch': scratch, 'data': str(data)}
+    if resume:
+        for needed in (ledger_file, setup_file):
+            if not needed.is_file():
+                raise FileNotFoundError(f'--resume: {needed} does not exist; {output_dir} is not an interrupted run of this experiment')
+        if (output_dir / 'report').exists():
+            raise FileExistsError(f'--resume: {output_dir} already has its report')
+        recorded = json.loads(setup_file.read_text())
+        changed = sorted(key for key in setup if recorded.get(key) != setup[key])
+        if changed:
+            raise ValueError(f'--resume: {", ".join(changed)} differ from the interrupted run\'s ({setup_file}); resume with its arguments')
+    elif output_dir.exists() and any(output_dir.iterdir()):
         raise FileExistsError(f'output folder {output_dir} is not empty; choose another with --output, or continue it with --resume')
-    if resume and (output_dir / 'report').exists():
-        raise FileExistsError(f'--resume: {output_dir} already has its report')
     if not task_dir.is_dir():
         raise FileNotFoundError(f'task folder {task_dir} does not exist')
     started = time.monotonic()
     commit, dirty = git_commit()
     source = source or smollm2_folder()
     output_dir.mkdir(parents=True, exist_ok=True)
+    setup_file.write_text(json.dumps(setup, indent=2) + '\n')
     ledger = StageLedger(ledger_file, commit)
 
     data_dir = output_dir / 'data'

@@ -199,12 +199,12 @@ class StageLedger:
         if name in self.entries:
             log.info('%s: finished in an earlier run (%s)', name, self.path)
             return
-        if output.is_dir():
+        if output.exists():
             log.warning('%s: removing %s, left by an interrupted run', name, output)
-            shutil.rmtree(output)
-        elif output.exists():
-            log.warning('%s: removing %s, left by an interrupted run', name, output)
-            output.unlink()
+            if output.is_dir():
+                shutil.rmtree(output)
+            else:
+                output.unlink()
         started = time.monotonic()
         action()
         entry = {'name': name, 'batches': batches, 'wall_seconds': time.monotonic() - started, 'commit': self.commit}

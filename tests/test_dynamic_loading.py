@@ -63,6 +63,19 @@ def test_doremi_update_equals_the_hand_computation():
     np.testing.assert_allclose(doremi_update(proportions, losses, references, eta, smoothing), expected, rtol=1e-14)
 
 
+def test_raw_excess_lets_a_domain_below_its_reference_lose_weight_as_the_original_code_does():
+    proportions, losses, references = (0.5, 0.3, 0.2), (2.0, 3.5, 1.0), (2.5, 3.0, 0.8)
+    # Excess losses l - l_ref: -0.5, 0.5, 0.2.
+    unnormalised = [0.5 * math.exp(-0.5), 0.3 * math.exp(0.5), 0.2 * math.exp(0.2)]
+    expected = [(1 - 1e-4) * weight / sum(unnormalised) + 1e-4 / 3 for weight in unnormalised]
+    np.testing.assert_allclose(doremi_update(proportions, losses, references, 1.0, 1e-4, excess='raw'), expected, rtol=1e-14)
+
+
+def test_a_wrong_excess_names_the_key():
+    with pytest.raises(ValueError, match=re.escape("callbacks.dynamic_loading.excess must be one of ['clipped', 'raw'], got 'clip'")):
+        DynamicLoading(excess='clip')
+
+
 def test_doremi_update_keeps_proportions_when_no_domain_lags_and_revives_a_domain_at_zero():
     np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.0), (0.5, 0.5, 0.0))
     np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.3), (0.45, 0.45, 0.1))

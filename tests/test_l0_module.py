@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -69,22 +70,71 @@ def test_constrain_parameters_clamps_log_alpha():
     assert mask.log_alpha.tolist() == pytest.approx([LOG_ALPHA_MIN, 0.0, LOG_ALPHA_MAX])
 
 
-def test_lagrangian_value_and_gradient_ascent_on_lambdas():
+def log_alpha_keeping(probabilities) -> torch.Tensor:
+    """Log-alphas whose gates are non-zero with these probabilities: P(z > 0) = sigmoid(log_alpha + (2/3) ln 11) for
+    the stretch (-0.1, 1.1) and temperature 2/3 of Louizos et al."""
+    p = torch.as_tensor(probabilities, dtype=torch.float64)
+    return (torch.log(p) - torch.log1p(-p) - 2 / 3 * math.log(11)).float()
+
+
+def test_lagrangian_holds_every_row_to_the_target_with_hand_worked_values():
     l0_module = L0Module(MHA, ['head', 'hidden'], {'num_attention_heads': 2, 'hidden_size': 16})
     with torch.no_grad():
+        # Keep probabilities per layer (a row of 4 heads): expected sparsities 0.5, 0.25 and 0.5 (mean 5/12).
+        l0_module.masks['head'].log_alpha.copy_(log_alpha_keeping([[0.5] * 4, [0.75] * 4, [0.9, 0.9, 0.1, 0.1]]))
+        l0_module.masks['hidden'].log_alpha.copy_(log_alpha_keeping([0.8] * 32))  # sparsity 0.2
         l0_module.lambdas['head'].copy_(torch.tensor([0.5, 2.0]))
         l0_module.lambdas['hidden'].copy_(torch.tensor([-1.0, 3.0]))
-    progress = 0.25
-    lagrangian = l0_module.lagrangian(progress)
-    head_gap = l0_module.masks['head'].expected_sparsity() - progress * 0.5
-    hidden_gap = l0_module.masks['hidden'].expected_sparsity() - progress * 0.5
-    expected = 0.5 * head_gap + 2.0 * head_gap**2 - hidden_gap + 3.0 * hidden_gap**2
-    assert lagrangian.item() == pytest.approx(expected.item(), rel=1e-6)
+    # Half-way through the warm-up both targets are 0.25: head gaps per layer 0.25, 0, 0.25; hidden gap -0.05.
+    #   heads:  mean(0.5*0.25 + 2*0.0625, 0, 0.5*0.25 + 2*0.0625) = 1/6
+    #   hidden: -1*(-0.05) + 3*0.0025 = 0.0575
+    # (one sparsity for all heads, 5/12, would give 0.5/6 + 2/36 + 0.0575 = 0.19639).
+    lagrangian = l0_module.lagrangian(0.5)
+    assert lagrangian.item() == pytest.approx(1 / 6 + 0.0575, abs=1e-6)
 
     lagrangian.backward()
-    # Reversed gradients: a descent step on the lambdas is an ascent step on the Lagrangian.
-    assert l0_module.lambdas['head'].grad.tolist() == pytest.approx([-head_gap.item(), -head_gap.item() ** 2], rel=1e-5)
-    assert l0_module.lambdas['hidden'].grad.tolist() == pytest.approx([-hidden_gap.item(), -hidden_gap.item() ** 2], rel=1e-5)
+    # Reversed gradients, so that a descent step on the lambdas ascends the Lagrangian: -mean(gap), -mean(gap^2).
+    assert l0_module.lambdas['head'].grad.tolist() == pytest.approx([-1 / 6, -0.125 / 3], abs=1e-6)
+    assert l0_module.lambdas['hidden'].grad.tolist() == pytest.approx([0.05, -0.0025], abs=1e-6)
+    # d/d log_alpha of head i in layer r: (1/3) * (0.5 + 4 gap_r) * (-1/4) * p_i (1 - p_i).
+    head_grad = l0_module.masks['head'].log_alpha.grad
+    assert head_grad[0, 0].item() == pytest.approx(1 / 3 * 1.5 * -0.25 * 0.25, abs=1e-6)
+    assert head_grad[1, 0].item() == pytest.approx(1 / 3 * 0.5 * -0.25 * 0.1875, abs=1e-6)
+    assert head_grad[2, 0].item() == pytest.approx(1 / 3 * 1.5 * -0.25 * 0.09, abs=1e-6)
+
+
+def test_grouped_query_heads_are_held_to_the_target_per_key_value_group():
+    l0_module = L0Module(GQA, ['head', 'kv_head', 'intermediate', 'layer', 'hidden'], {'num_attention_heads': 4})
+    sparsities = l0_module.expected_sparsities()
+    shapes = {name: tuple(sparsity.shape) for name, sparsity in sparsities.items()}
+    # 3 layers, 2 kv groups of 4 query heads: a row is one group's query heads, or one layer's kv heads / channels.
+    assert shapes == {'head': (3, 2), 'kv_head': (3,), 'intermediate': (3,), 'layer': (), 'hidden': ()}
+    with torch.no_grad():
+        l0_module.masks['head'].log_alpha.copy_(log_alpha_keeping([[[0.25] * 4, [0.75] * 4]] * 3))
+        l0_module.lambdas['head'].copy_(torch.tensor([1.0, 1.0]))
+    # The other multipliers are 0. Target 2 of 4 per group (sparsity 0.5); group gaps +0.25 and -0.25 in every
+    # layer, although every layer as a whole is at the target: mean(0.25 + 0.0625, -0.25 + 0.0625) = 0.0625.
+    assert l0_module.lagrangian(1.0).item() == pytest.approx(0.0625, abs=1e-6)
+
+
+def test_eval_at_the_expected_shape_keeps_each_rows_own_expected_count():
+    shape = dataclasses.replace(MHA, intermediate_size=4, num_hidden_layers=2)
+    l0_module = L0Module(shape, ['intermediate'], {'intermediate_size': 2}, eval_target_shape=False)
+    with torch.no_grad():
+        # Expected counts 3.6 and 1.8: layer 0 keeps 4 channels, layer 1 its top 2 (one count for both would be 3).
+        l0_module.masks['intermediate'].log_alpha.copy_(log_alpha_keeping([[0.9] * 4, [0.9, 0.6, 0.2, 0.1]]))
+    l0_module.eval()
+    kept = l0_module().intermediate != 0
+    assert kept.tolist() == [[True, True, True, True], [True, True, False, False]]
+
+
+def test_all_kept_start_is_the_clamped_log_alpha_5_of_the_original_code():
+    l0_module = L0Module(GQA, ALL_MODULES, {'num_attention_heads': 4, 'hidden_size': 16})
+    l0_module.init_all_kept()
+    for mask in l0_module.masks.values():
+        assert torch.equal(mask.log_alpha, torch.full(mask.shape, math.log(100.0)))
+        # P(z > 0) = sigmoid(ln 100 + (2/3) ln 11) = 100 * 11^(2/3) / (1 + 100 * 11^(2/3)) = 0.99798
+        assert torch.allclose(mask.keep_probability(), torch.tensor(0.99798), atol=1e-5)
 
 
 def test_target_sparsity_warms_up_linearly():

@@ -11,7 +11,9 @@ import pytest
 import torch
 from composer import Trainer
 from composer.models import HuggingFaceModel
-from conftest import VOCAB_SIZE, tiny_gqa_llama
+from composer.loggers import InMemoryLogger
+from conftest import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -21,6 +23,7 @@ from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_
 TARGET = {'hidden_size': 24, 'num_attention_heads': 3, 'num_key_value_heads': 1, 'intermediate_size': 40,
           'num_hidden_layers': 2}
 MODULES = ['layer', 'head', 'kv_head', 'intermediate', 'hidden']
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_log_alphas_are_positive_exactly_for_the_top_scores_and_keep_their_order():
@@ -137,6 +140,30 @@ def test_a_resumed_run_keeps_its_checkpointed_log_alphas(tmp_path: Path):
             load_path=checkpoint, seed=0, progress_bar=False, log_to_console=False)
     for kind, mask in resumed.l0_module.masks.items():
         assert torch.equal(mask.log_alpha.detach(), saved[kind]), kind
+
+
+@pytest.mark.parametrize('recipe', sorted((REPO / 'yamls' / 'pruning').glob('llama2_*.yaml')), ids=lambda path: path.stem)
+def test_the_llama2_recipes_start_with_every_gate_kept(recipe: Path):
+    """The Llama-2 recipes reproduce the released Sheared-LLaMA runs, which started with every gate at the log-alpha
+    clamp's top (the original code's log-alpha 5): at the first batch every gate is non-zero with probability 0.998
+    and the shape evaluated (the recipes evaluate the expected shape) is the source's."""
+    settings = OmegaConf.load(recipe).algorithms.shearing
+    assert settings.init == 'all_kept'
+    algorithm = Shearing(
+        {'hidden_size': 16, 'num_attention_heads': 2, 'intermediate_size': 32, 'num_hidden_layers': 2},
+        list(settings.pruning_modules), init=settings.init, eval_target_shape=settings.eval_target_shape,
+    )
+    logger = InMemoryLogger()
+    source = tiny_llama()
+    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
+    Trainer(model=model, train_dataloader=DataLoader(samples(), batch_size=4), optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
+            max_duration='1ba', algorithms=[algorithm], loggers=[logger], seed=0, progress_bar=False, log_to_console=False).fit()
+    for kind in settings.pruning_modules:
+        (_, first_batch_sparsity), = logger.data[f'shearing/expected_sparsity/{kind}']
+        assert first_batch_sparsity == pytest.approx(1 / (1 + 100 * 11 ** (2 / 3)), abs=1e-6), kind  # 0.00202
+    algorithm.l0_module.eval()
+    evaluated = vars(algorithm.l0_module())
+    assert all((masks != 0).all() for masks in evaluated.values() if masks is not None), evaluated
 
 
 def test_masks_near_one_start_at_the_source_model(smollm2: Path):

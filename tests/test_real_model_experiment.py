@@ -53,14 +53,18 @@ def numbers(value: Any) -> Iterator[float]:
         yield float(value)
 
 
-def test_shearing_init_parses_importance_and_uniform_rates():
+def test_shearing_init_parses_every_start_and_always_names_init():
     experiment = load_experiment()
-    assert experiment.ShearingInit.parse('uniform:0.01').overrides(Path('i.json')) == ('algorithms.shearing.droprate_init=0.01',)
+    # The tiny recipe starts from importance: a uniform start has to say init=uniform, not only the drop rate.
+    assert experiment.ShearingInit.parse('uniform:0.01').overrides(Path('i.json')) == (
+        'algorithms.shearing.init=uniform', 'algorithms.shearing.droprate_init=0.01',
+    )
+    assert experiment.ShearingInit.parse('all_kept').overrides(Path('i.json')) == ('algorithms.shearing.init=all_kept',)
     assert experiment.ShearingInit.parse('importance').overrides(Path('i.json')) == (
         'algorithms.shearing.init=importance', 'algorithms.shearing.importance_file=i.json',
     )
     for wrong in ('uniform', 'uniform:1.5', 'magnitude'):
-        message = f'--shearing-init must be importance or uniform:P with 0 < P < 1, got {wrong!r}'
+        message = f'--shearing-init must be all_kept, importance or uniform:P with 0 < P < 1, got {wrong!r}'
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(message)):
             experiment.ShearingInit.parse(wrong)
 

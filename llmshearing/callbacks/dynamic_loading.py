@@ -36,6 +36,7 @@ from llmshearing.pruning.export import is_sharded_checkpoint, resolve_checkpoint
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
+EXCESS_LOSSES = ('clipped', 'raw')
 UPDATES = ('doremi', 'constant')
 INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
 EVAL_LOSS_KEY = 'LanguageCrossEntropy'  # the name under which Composer logs the eval loss: metrics/eval/LanguageCrossEntropy
@@ -87,12 +88,20 @@ def final_domain_weights(run: str | os.PathLike) -> dict[str, float]:
 
 
 def doremi_update(
-    proportions: Sequence[float], losses: Sequence[float], references: Sequence[float], eta: float, smoothing: float,
+    proportions: Sequence[float],
+    losses: Sequence[float],
+    references: Sequence[float],
+    eta: float,
+    smoothing: float,
+    excess: str = 'clipped',
 ) -> np.ndarray:
-    """α ← (1 − c)·softmax(log α + η·max(ℓ − ℓ_ref, 0)) + c / k, with c = ``smoothing`` and k domains."""
-    excess = np.maximum(np.asarray(losses, np.float64) - np.asarray(references, np.float64), 0.0)
+    """α ← (1 − c)·softmax(log α + η·Δ) + c / k, with c = ``smoothing``, k domains and the excess loss
+    Δ = max(ℓ − ℓ_ref, 0) (``excess='clipped'``) or ℓ − ℓ_ref (``excess='raw'``)."""
+    excess_loss = np.asarray(losses, np.float64) - np.asarray(references, np.float64)
+    if excess == 'clipped':
+        excess_loss = np.maximum(excess_loss, 0.0)
     with np.errstate(divide='ignore'):
-        logits = np.log(np.asarray(proportions, np.float64)) + eta * excess
+        logits = np.log(np.asarray(proportions, np.float64)) + eta * excess_loss
     weights = np.exp(logits - logits.max())
     weights /= weights.sum()
     return (1 - smoothing) * weights + smoothing / len(weights)
@@ -114,9 +123,12 @@ class DynamicLoading(Callback):
         reference: each domain's reference loss, in the order of the data's ``domains``, or ``'initial'``:
             the model's own per-domain eval losses at the first evaluation (set ``eval_first: true`` to take
             them before any training step).
-        update: ``'doremi'`` (α ← (1 − c)·softmax(log α + η·max(ℓ − ℓ_ref, 0)) + c / k) or ``'constant'``
+        update: ``'doremi'`` (α ← (1 − c)·softmax(log α + η·Δ) + c / k, Δ the ``excess`` loss) or ``'constant'``
             (keep the initial proportions; the losses are still logged).
         eta: the step size η of the ``doremi`` update.
+        excess: the excess loss of the ``doremi`` update: ``'clipped'`` (max(ℓ − ℓ_ref, 0), the paper's Algorithm 1:
+            a domain below its reference keeps its weight relative to the others that are) or ``'raw'`` (ℓ − ℓ_ref,
+            as the original LLM-Shearing code computes it: a domain below its reference loses weight).
         smoothing: the weight c of the uniform distribution mixed into the ``doremi`` update.
         domains: the domain names this configuration expects, checked against the training data's.
         initial_proportions: the proportions to start from instead of the train loader's: one per domain, or a
@@ -131,6 +143,7 @@ class DynamicLoading(Callback):
         update: str = 'doremi',
         eta: float = 1.0,
         smoothing: float = 1e-4,
+        excess: str = 'clipped',
         domains: Sequence[str] | None = None,
         initial_proportions: Sequence[float] | str | os.PathLike | None = None,
     ):
@@ -138,6 +151,8 @@ class DynamicLoading(Callback):
             raise ValueError(f'callbacks.dynamic_loading.update must be one of {list(UPDATES)}, got {update!r}')
         if not eta >= 0:
             raise ValueError(f'callbacks.dynamic_loading.eta must be non-negative, got {eta}')
+        if excess not in EXCESS_LOSSES:
+            raise ValueError(f'callbacks.dynamic_loading.excess must be one of {list(EXCESS_LOSSES)}, got {excess!r}')
         if not 0 <= smoothing <= 1:
             raise ValueError(f'callbacks.dynamic_loading.smoothing must be in [0, 1], got {smoothing}')
         if isinstance(reference, str):
@@ -153,6 +168,7 @@ class DynamicLoading(Callback):
         self.update = update
         self.eta = eta
         self.smoothing = smoothing
+        self.excess = excess
         self.expected_domains = None if domains is None else tuple(domains)
         self.initial_proportions: dict[str, float] | tuple[float, ...] | None = None
         self._initial_run: str | None = None
@@ -292,7 +308,7 @@ class DynamicLoading(Callback):
             log.info('Reference losses (initial): %s', dict(zip(domains, self.references)))
         if self.update == 'doremi':
             proportions = torch.from_numpy(
-                doremi_update(self.proportions, losses, self.references, self.eta, self.smoothing),
+                doremi_update(self.proportions, losses, self.references, self.eta, self.smoothing, self.excess),
             )
             proportions = state.device.tensor_to_device(proportions)
             dist.broadcast(proportions, src=0)

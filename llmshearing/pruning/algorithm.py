@@ -28,7 +28,7 @@ from llmshearing.pruning.llama_layout import attach_masks
 log = logging.getLogger(__name__)
 
 DEFAULT_PRUNING_MODULES = ('layer', 'head', 'intermediate', 'hidden')
-INITS = ('uniform', 'importance')
+INITS = ('all_kept', 'uniform', 'importance')
 DEFAULT_INIT_SCALE = 16.0
 
 
@@ -92,11 +92,13 @@ class Shearing(Algorithm):
         target_sparsity: instead of ``target``, the fraction of non-embedding parameters to remove.
         lagrangian_warmup: time over which the target sparsity rises linearly from 0 (e.g. ``'640ba'``).
         lag_lr: learning rate of the mask logits and the Lagrange multipliers.
-        droprate_init: initial drop probability of every gate (``init: uniform``).
-        init: how the mask logits start: ``uniform`` (every gate at ``droprate_init``, the paper's) or
-            ``importance`` (ranked by one-shot importance of the source, so that the deterministic masks start as
-            the one-shot selection; computed on the first training batches of a fresh run, or read from
-            ``importance_file``).
+        droprate_init: initial drop probability of every gate with ``init: uniform``.
+        init: how the mask logits start: ``all_kept`` (every gate at log-alpha 5, clamped to ln 100, so kept in
+            practically every sample: the start of the original LLM-Shearing code and of the released
+            Sheared-LLaMA runs), ``uniform`` (every gate at ``droprate_init``; 0.5 is CoFiPruning's start and the
+            value the original code computes before overriding it) or ``importance`` (ranked by one-shot
+            importance of the source, so that the deterministic masks start as the one-shot selection; computed
+            on the first training batches of a fresh run, or read from ``importance_file``).
         importance_method: ``activation``, ``taylor`` or ``magnitude`` (see ``llmshearing.pruning.importance``).
         importance_file: an ``importance.json`` written by ``llmshearing prune-oneshot`` for the same source,
             target and pruning modules (needed with FSDP).
@@ -120,7 +122,7 @@ class Shearing(Algorithm):
         eval_target_shape: bool = True,
         export_dir: str | None = None,
         export_dtype: str = 'bf16',
-        init: str = 'uniform',
+        init: str = 'all_kept',
         importance_method: str = 'activation',
         importance_file: str | None = None,
         calibration_batches: int = 4,
@@ -214,7 +216,9 @@ class Shearing(Algorithm):
             )
             self.l0_module.generator = torch.Generator(self.l0_module.device)
             log.info('Pruning %s to %s', self.l0_module.source, self.l0_module.final_shape())
-            if self.init == 'importance' and self.importance_file is not None:
+            if self.init == 'all_kept':
+                self.l0_module.init_all_kept()
+            elif self.init == 'importance' and self.importance_file is not None:
                 self.l0_module.init_from_scores(read_importance_file(self.importance_file, self.l0_module), self.init_scale)
         elif event == Event.AFTER_LOAD:
             if int(state.timestamp.batch) == 0 and self.importance_file is None:
@@ -296,7 +300,7 @@ class Shearing(Algorithm):
             'shearing/lagrangian': l0_module.lagrangian(progress),
         }
         for name, sparsity in l0_module.expected_sparsities().items():
-            metrics[f'shearing/expected_sparsity/{name}'] = sparsity
+            metrics[f'shearing/expected_sparsity/{name}'] = sparsity.mean()
         for name, sparsity in l0_module.target_sparsities(progress).items():
             metrics[f'shearing/target_sparsity/{name}'] = torch.tensor(sparsity, device=l0_module.device)
         for name, lambdas in l0_module.lambdas.items():

@@ -18,6 +18,10 @@ TEMPERATURE = 2.0 / 3.0
 EPSILON = 1e-6
 LOG_ALPHA_MIN = math.log(1e-2)
 LOG_ALPHA_MAX = math.log(1e2)
+# Where the original LLM-Shearing code starts every gate (its ``Mask.param_init_fn`` sets log-alpha 5 whatever drop
+# rate it is given), and so where the released Sheared-LLaMA runs started: the clamp holds it at ``LOG_ALPHA_MAX``,
+# a keep probability of 0.998.
+ALL_KEPT_LOG_ALPHA = 5.0
 # Sharpens the deterministic score so that kept gates carry scales close to (but not only) 0 or 1.
 DETERMINISTIC_SHARPNESS = 0.8
 
@@ -34,22 +38,31 @@ def keep_probability(log_alpha: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(log_alpha - TEMPERATURE * math.log(-LIMIT_LEFT / LIMIT_RIGHT))
 
 
-def deterministic_gates(log_alpha: torch.Tensor, num_kept: int) -> torch.Tensor:
-    """Keep the ``num_kept`` highest-scoring gates along the last dimension, zero the rest.
+def deterministic_gates(log_alpha: torch.Tensor, num_kept: int | torch.Tensor) -> torch.Tensor:
+    """Keep the ``num_kept`` highest-scoring gates of every group (the last dimension), zero the rest.
 
+    ``num_kept`` is one count for every group, or a tensor of counts of shape ``log_alpha.shape[:-1]``.
     Kept gates carry their score ``sigmoid(0.8 * log_alpha / T)``, a real value in (0, 1), which is what
     the masked model computes with and what physical pruning folds into the weights.
     """
     score = torch.sigmoid(log_alpha / TEMPERATURE * DETERMINISTIC_SHARPNESS)
-    kept_index = score.topk(num_kept, dim=-1).indices
-    keep = torch.zeros_like(score).scatter_(-1, kept_index, 1.0)
-    return score * keep
+    if isinstance(num_kept, int):
+        kept_index = score.topk(num_kept, dim=-1).indices
+        return score * torch.zeros_like(score).scatter_(-1, kept_index, 1.0)
+    # rank[..., i]: how many gates of the group score above gate i (ties go to the lower index, as topk's do).
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+    return score * (rank < num_kept.unsqueeze(-1))
 
 
-def init_log_alpha(shape: tuple[int, ...], droprate_init: float) -> torch.Tensor:
-    """Initial ``log_alpha``: ``log((1 - p) / p)`` plus a little noise to break ties."""
-    mean = math.log(1.0 - droprate_init) - math.log(droprate_init)
-    return torch.empty(shape).normal_(mean, 1e-2)
+def log_alpha_of_droprate(droprate: float) -> float:
+    """The log-alpha whose gate is closed with probability ``droprate`` before stretching: ``log((1 - p) / p)``."""
+    return math.log(1.0 - droprate) - math.log(droprate)
+
+
+def init_log_alpha(shape: tuple[int, ...], mean: float) -> torch.Tensor:
+    """Initial ``log_alpha``: ``mean`` plus a little noise to break ties, clamped to the allowed range."""
+    return torch.empty(shape).normal_(mean, 1e-2).clamp_(LOG_ALPHA_MIN, LOG_ALPHA_MAX)
 
 
 def log_alpha_from_scores(scores: torch.Tensor, num_kept: int, scale: float) -> torch.Tensor:
@@ -80,7 +93,7 @@ class HardConcreteMask(nn.Module):
         self.shape = tuple(shape)
         self.num_kept = num_kept
         self.droprate_init = droprate_init
-        self.log_alpha = nn.Parameter(init_log_alpha(self.shape, droprate_init))
+        self.log_alpha = nn.Parameter(init_log_alpha(self.shape, log_alpha_of_droprate(droprate_init)))
 
     @property
     def group_size(self) -> int:
@@ -88,7 +101,12 @@ class HardConcreteMask(nn.Module):
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
-            self.log_alpha.copy_(init_log_alpha(self.shape, self.droprate_init))
+            self.log_alpha.copy_(init_log_alpha(self.shape, log_alpha_of_droprate(self.droprate_init)))
+
+    @torch.no_grad()
+    def init_all_kept(self) -> None:
+        """Start every gate where the original code starts it: log-alpha 5, clamped to ``LOG_ALPHA_MAX``."""
+        self.log_alpha.copy_(init_log_alpha(self.shape, ALL_KEPT_LOG_ALPHA))
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         return sample_hard_concrete(self.log_alpha, generator)
@@ -97,21 +115,28 @@ class HardConcreteMask(nn.Module):
         return keep_probability(self.log_alpha)
 
     def expected_sparsity(self) -> torch.Tensor:
-        """The expected fraction of gates that are zero: differentiable."""
-        return 1.0 - self.keep_probability().mean()
+        """The expected fraction of zero gates in each group, shape ``shape[:-1]`` (a scalar for a 1-D mask):
+        differentiable."""
+        return 1.0 - self.keep_probability().mean(-1)
 
     def expected_num_kept(self) -> int:
-        """Gates a group keeps in expectation, rounded, at least one."""
+        """Gates a group keeps in expectation, averaged over the groups and rounded, at least one: the one count
+        that a model with the same size in every layer can keep."""
         mean_kept = self.keep_probability().detach().sum(-1).mean().item()
         return max(1, min(self.group_size, round(mean_kept)))
+
+    def expected_num_kept_per_group(self) -> torch.Tensor:
+        """Gates each group keeps in expectation, rounded (half to even), at least one: shape ``shape[:-1]``."""
+        return self.keep_probability().detach().sum(-1).round().clamp(1, self.group_size).long()
 
     def final_num_kept(self) -> int:
         """Gates a group keeps once the masks are made hard."""
         return self.num_kept if self.num_kept is not None else self.expected_num_kept()
 
-    def deterministic(self, num_kept: int | None = None) -> torch.Tensor:
-        """The top gates (``num_kept`` of them, by default the final count) with their real-valued scales."""
-        return deterministic_gates(self.log_alpha, num_kept or self.final_num_kept())
+    def deterministic(self, num_kept: int | torch.Tensor | None = None) -> torch.Tensor:
+        """The top gates of every group (``num_kept`` of them, one count or one per group; by default the final
+        count) with their real-valued scales."""
+        return deterministic_gates(self.log_alpha, self.final_num_kept() if num_kept is None else num_kept)
 
     @torch.no_grad()
     def constrain_parameters(self) -> None:

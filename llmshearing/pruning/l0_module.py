@@ -177,6 +177,13 @@ class L0Module(nn.Module):
             return t.num_query_groups
         return getattr(t, _FIELD_OF_MODULE[module])
 
+    @torch.no_grad()
+    def init_all_kept(self) -> None:
+        """Start every gate where the original LLM-Shearing code starts it (log-alpha 5, clamped to ln 100: kept in
+        practically every sample), the start of the released Sheared-LLaMA runs."""
+        for mask in self.masks.values():
+            mask.init_all_kept()
+
     def reset_parameters(self) -> None:
         for mask in self.masks.values():
             mask.reset_parameters()
@@ -226,11 +233,11 @@ class L0Module(nn.Module):
         return self.deterministic_masks(target_shape=self.eval_target_shape)
 
     def deterministic_masks(self, target_shape: bool = True) -> StructureMasks:
-        """Hard masks with real-valued scales: the final shape, or (``target_shape=False``) the shape the
-        masks keep in expectation now."""
+        """Hard masks with real-valued scales: the final shape, or (``target_shape=False``) what the masks keep in
+        expectation now, group by group (so one layer may keep more heads than another)."""
         return self.structure_masks(
             {
-                module: mask.deterministic(None if target_shape else mask.expected_num_kept())
+                module: mask.deterministic(None if target_shape else mask.expected_num_kept_per_group())
                 for module, mask in self.masks.items()
             },
         )
@@ -305,7 +312,9 @@ class L0Module(nn.Module):
         return (layer * (attention + mlp + norms)).sum() + hidden
 
     def expected_sparsities(self) -> dict[str, torch.Tensor]:
-        """Expected sparsity per constraint: per mask kind, or of the parameters for an overall target."""
+        """Expected sparsity per constraint: of every group of each mask kind (shape ``mask.shape[:-1]``: one
+        layer's heads or MLP channels, one key/value group's query heads; a scalar for layers and hidden), or of
+        the parameters (a scalar) for an overall target."""
         if self.target is None:
             return {'params': 1.0 - self.expected_num_params() / self.source.num_non_embedding_params()}
         return {module: mask.expected_sparsity() for module, mask in self.masks.items()}
@@ -321,11 +330,16 @@ class L0Module(nn.Module):
         }
 
     def lagrangian(self, progress: float) -> torch.Tensor:
-        """``sum_k lambda_1,k (s_k - t_k) + lambda_2,k (s_k - t_k)^2``; the masks descend it, the lambdas ascend it."""
+        """``sum_k mean_r [lambda_1,k (s_k,r - t_k) + lambda_2,k (s_k,r - t_k)^2]`` over constraints ``k`` and their
+        groups ``r`` (see ``expected_sparsities``); the masks descend it, the lambdas ascend it.
+
+        Each group is held to the target on its own, as in the original LLM-Shearing code: the quadratic term pulls
+        every layer towards the count that the deterministic masks will keep in it.
+        """
         expected, target = self.expected_sparsities(), self.target_sparsities(progress)
         total = torch.zeros((), device=self.device)
         for name, lambdas in self.lambdas.items():
             gap = expected[name] - target[name]
             lambda_1, lambda_2 = _ReverseGradient.apply(lambdas)
-            total = total + lambda_1 * gap + lambda_2 * gap * gap
+            total = total + (lambda_1 * gap + lambda_2 * gap * gap).mean()
         return total

@@ -3,8 +3,9 @@
 Source S: SmolLM2-135M-Instruct; target T and data as in ``real_model.py`` (hidden 384, 6 heads / 3 kv heads,
 MLP 1024, 20 layers; the RedPajama sample prepared with S's tokenizer). One seed, the same batches for every arm:
 
-- ``uniform 0.5``: every gate at drop rate 0.5 (log-alpha 0), the paper's;
-- ``uniform 0.01``: every gate near 1, so the first batches compute (almost) S itself;
+- ``uniform 0.5``: every gate at drop rate 0.5 (log-alpha 0), CoFiPruning's start;
+- ``all kept``: every gate at log-alpha 5, clamped to ln 100 (keep probability 0.998), the start of the original
+  LLM-Shearing code and of the released Sheared-LLaMA runs: the first batches compute (almost) S itself;
 - ``importance``: log-alphas ranked by S's activation importance (the ``importance.json`` of the one-shot arm), so
   the deterministic masks start as the one-shot selection;
 - ``one-shot``: ``prune-oneshot --importance activation`` and continued pre-training for the pruning and
@@ -61,8 +62,8 @@ from llmshearing.smollm2 import smollm2_folder  # noqa: E402
 log = logging.getLogger('mask_init')
 
 INITS = {
-    'uniform 0.5 (the paper)': ShearingInit('uniform', 0.5),
-    'uniform 0.01 (gates near 1)': ShearingInit('uniform', 0.01),
+    'uniform 0.5 (CoFiPruning)': ShearingInit('uniform', 0.5),
+    'all kept (the original code)': ShearingInit('all_kept'),
     'importance (activation)': ShearingInit('importance'),
 }
 FULL = dataclasses.replace(

@@ -33,7 +33,7 @@ min 40 s with one seed on 2 quiet cores (its test). Each training stage runs ``t
 ``stages.jsonl`` in the output folder records the finished ones and ``setup.json`` its settings; ``--resume``
 continues an interrupted run with the same settings.
 
-    .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init uniform:0.5]
+    .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init all_kept]
         [--scratch] [--threads 2] [--resume]
 """
 
@@ -155,32 +155,38 @@ FULL = Settings(
 
 @dataclass(frozen=True)
 class ShearingInit:
-    """How the shearing arm's masks start: ``uniform`` at a drop rate, or from arm 3's importance scores."""
+    """How the shearing arm's masks start: every gate kept (the original code's start), ``uniform`` at a drop rate,
+    or from arm 3's importance scores."""
 
     kind: str
     droprate: float | None = None
 
     @classmethod
     def parse(cls, value: str) -> ShearingInit:
-        """``importance`` or ``uniform:P`` with 0 < P < 1."""
-        if value == 'importance':
-            return cls('importance')
+        """``all_kept``, ``importance`` or ``uniform:P`` with 0 < P < 1."""
+        if value in ('all_kept', 'importance'):
+            return cls(value)
         kind, _, rate = value.partition(':')
         try:
             droprate = float(rate)
         except ValueError:
             droprate = math.nan
         if kind != 'uniform' or not 0 < droprate < 1:
-            raise argparse.ArgumentTypeError(f'--shearing-init must be importance or uniform:P with 0 < P < 1, got {value!r}')
+            raise argparse.ArgumentTypeError(
+                f'--shearing-init must be all_kept, importance or uniform:P with 0 < P < 1, got {value!r}',
+            )
         return cls('uniform', droprate)
 
     def overrides(self, importance_file: Path) -> tuple[str, ...]:
+        """The recipe overrides of this start: ``init`` always, since the tiny recipe's own start is ``importance``."""
         if self.kind == 'importance':
             return ('algorithms.shearing.init=importance', f'algorithms.shearing.importance_file={importance_file}')
-        return (f'algorithms.shearing.droprate_init={self.droprate}',)
+        if self.kind == 'uniform':
+            return ('algorithms.shearing.init=uniform', f'algorithms.shearing.droprate_init={self.droprate}')
+        return (f'algorithms.shearing.init={self.kind}',)
 
     def __str__(self) -> str:
-        return 'importance' if self.kind == 'importance' else f'uniform:{self.droprate}'
+        return f'uniform:{self.droprate}' if self.kind == 'uniform' else self.kind
 
 
 class StageLedger:
@@ -662,8 +668,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--quick', action='store_true', help='fewer documents, shorter samples, fewer batches and task rows')
     parser.add_argument('--output', type=Path, help='a new or empty folder (default: outputs/real_model[_quick])')
     parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the training runs')
-    parser.add_argument('--shearing-init', type=ShearingInit.parse, default=ShearingInit('uniform', 0.5),
-                        help='masks of the shearing arms: importance or uniform:P, drop rate P (default: uniform:0.5)')
+    parser.add_argument('--shearing-init', type=ShearingInit.parse, default=ShearingInit('all_kept'),
+                        help='masks of the shearing arms: all_kept (the original code\'s start), importance or uniform:P, '
+                        'drop rate P (default: all_kept)')
     parser.add_argument('--scratch', action='store_true', help='also train T from scratch on the same tokens')
     parser.add_argument('--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages')
     parser.add_argument('--data', type=Path, default=DATA, help='per-domain jsonl folders (default: ../shared/data/redpajama-sample)')

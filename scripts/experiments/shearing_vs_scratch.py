@@ -364,7 +364,7 @@ def stages_and_commands(results: dict[str, Any]) -> list[str]:
         'Its stages as single commands (from the repository root):',
         '',
         '```',
-        *(command.replace(f'{REPO}/', '') for command in results['stage_commands']),
+        *results['stage_commands'],
         '```',
         '',
     ]
@@ -454,12 +454,17 @@ def check_finite(results: dict[str, Any]) -> None:
                     raise ValueError(f'{name}: loss on {key} is {value}')
 
 
+def portable_paths(text: str) -> str:
+    """``text`` with the paths of this machine made relative: to the checkout, or to the home folder (``~``)."""
+    return text.replace(f'{REPO}/', '').replace(str(Path.home()), '~')
+
+
 def write_results(report_dir: Path, results: dict[str, Any], started: float, render: Callable[[dict[str, Any]], str]) -> Path:
     """Record the wall time since ``started`` (``time.monotonic``), write ``results.json`` and the rendered
-    ``README.md`` into ``report_dir``; return ``report_dir``."""
+    ``README.md`` into ``report_dir`` with ``portable_paths``; return ``report_dir``."""
     results['wall_seconds'] = time.monotonic() - started
-    (report_dir / 'results.json').write_text(json.dumps(results, indent=2) + '\n')
-    (report_dir / 'README.md').write_text(render(results))
+    (report_dir / 'results.json').write_text(portable_paths(json.dumps(results, indent=2)) + '\n')
+    (report_dir / 'README.md').write_text(portable_paths(render(results)))
     log.info('experiment finished in %.0f s; report: %s', results['wall_seconds'], report_dir / 'README.md')
     return report_dir
 

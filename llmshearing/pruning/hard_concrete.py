@@ -126,8 +126,9 @@ class HardConcreteMask(nn.Module):
         return max(1, min(self.group_size, round(mean_kept)))
 
     def expected_num_kept_per_group(self) -> torch.Tensor:
-        """Gates each group keeps in expectation, rounded (half to even), at least one: shape ``shape[:-1]``."""
-        return self.keep_probability().detach().sum(-1).round().clamp(1, self.group_size).long()
+        """Gates each group keeps in expectation, rounded half to even (none, if fewer than half a gate is expected):
+        shape ``shape[:-1]``."""
+        return self.keep_probability().detach().sum(-1).round().long()
 
     def final_num_kept(self) -> int:
         """Gates a group keeps once the masks are made hard."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from composer.algorithms import GradientClipping
 from llmfoundry.data.dataloader import build_dataloader
 from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_icl_evaluators, build_tokenizer
 from omegaconf import OmegaConf as om
@@ -113,10 +114,15 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
             teacher = load_teacher(algorithm.teacher_folder, torch.bfloat16, device='meta' if source else 'cpu')
             assert teacher.config.vocab_size == model.model.config.vocab_size
             continue
+        if isinstance(algorithm, GradientClipping):
+            assert (algorithm.clipping_type, algorithm.clipping_threshold) == ('norm', 1.0)
+            continue
         assert isinstance(algorithm, Shearing)
         l0_module = apply_shearing(model.model, None, **{k: v for k, v in algorithm.mask_config().items()})
         assert l0_module.final_shape() == l0_module.source.with_target(kwargs['target'])
 
+    if source is not None:  # the real recipes clip as the original recipe does
+        assert 'gradient_clipping' in train_config.algorithms
     for name, kwargs in (train_config.callbacks or {}).items():
         build_callback(name, kwargs, train_config)
 

@@ -103,7 +103,7 @@ def test_an_importance_file_for_another_shape_is_refused(tmp_path: Path):
 @pytest.mark.parametrize(
     ('settings', 'error', 'message'),
     [
-        ({'init': 'zeros'}, ValueError, "algorithms.shearing.init must be one of ['uniform', 'importance']"),
+        ({'init': 'zeros'}, ValueError, "algorithms.shearing.init must be one of ['all_kept', 'uniform', 'importance']"),
         ({'init': 'importance', 'importance_method': 'random'}, ValueError, 'importance_method must be one of'),
         ({'init': 'importance', 'importance_file': '/nonexistent/importance.json'}, FileNotFoundError,
          'importance_file: /nonexistent/importance.json does not exist'),

@@ -455,8 +455,9 @@ def check_finite(results: dict[str, Any]) -> None:
 
 
 def portable_paths(text: str) -> str:
-    """``text`` with the paths of this machine made relative: to the checkout, or to the home folder (``~``)."""
-    return text.replace(f'{REPO}/', '').replace(str(Path.home()), '~')
+    """``text`` with the paths of this machine made relative: to the checkout (``../shared`` beside it), or to the home
+    folder (``$HOME``, which a shell expands after ``key=`` where it leaves ``~`` alone)."""
+    return text.replace(f'{REPO}/', '').replace(f'{REPO.parent}/', '../').replace(str(Path.home()), '$HOME')
 
 
 def write_results(report_dir: Path, results: dict[str, Any], started: float, render: Callable[[dict[str, Any]], str]) -> Path:

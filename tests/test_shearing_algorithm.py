@@ -7,10 +7,10 @@ import torch
 from composer import Trainer
 from composer.core import Event
 from composer.models import HuggingFaceModel
-from conftest import VOCAB_SIZE, tiny_gqa_llama
+from conftest import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 from torch.utils.data import DataLoader
 
-from llmshearing.pruning import Shearing
+from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}
@@ -118,6 +118,16 @@ def test_an_export_dir_holding_files_fails_at_init(tmp_path):
     with pytest.raises(FileExistsError, match=f'algorithms.shearing.export_dir: {tmp_path} already holds files'):
         _trainer(Shearing(TARGET, MODULES, export_dir=str(tmp_path)), 4)
     assert (tmp_path / 'config.json').read_text() == '{}'
+
+
+def test_default_pruning_modules_are_every_kind_the_source_has():
+    """Without ``pruning_modules``: ``kv_head`` with grouped-query attention only; the checkpoint saves the list."""
+    algorithm = Shearing(TARGET)
+    _trainer(algorithm, 4)
+    assert algorithm.pruning_modules == ['layer', 'head', 'kv_head', 'intermediate', 'hidden']
+    assert algorithm.state_dict()['mask_config']['pruning_modules'] == algorithm.pruning_modules
+    multi_head = apply_shearing(tiny_llama(), target={'num_attention_heads': 2})
+    assert multi_head.pruning_modules == ['layer', 'head', 'intermediate', 'hidden']
 
 
 def test_resuming_with_another_target_is_an_error():

@@ -7,7 +7,7 @@ The masks and physical pruning need only torch and transformers; the Composer al
 from typing import Any
 
 from llmshearing.pruning.importance import importance_masks
-from llmshearing.pruning.l0_module import PRUNING_MODULES, L0Module, StructureMasks
+from llmshearing.pruning.l0_module import PRUNING_MODULES, L0Module, StructureMasks, default_pruning_modules
 from llmshearing.pruning.llama_layout import attach_masks, prune_model
 from llmshearing.pruning.shape import ModelShape
 
@@ -19,6 +19,7 @@ __all__ = [
     'StructureMasks',
     'apply_shearing',
     'attach_masks',
+    'default_pruning_modules',
     'importance_masks',
     'prune_model',
 ]

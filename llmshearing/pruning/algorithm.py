@@ -20,14 +20,14 @@ from composer.utils import dist
 from torch.distributed.fsdp import FullyShardedDataParallel
 from transformers import PreTrainedModel
 
-from llmshearing.pruning.export import DTYPES, write_pruned_model
-from llmshearing.pruning.importance import IMPORTANCE_METHODS, importance_scores, mask_kind_scores
+from llmshearing.choices import DEFAULT_IMPORTANCE, DEFAULT_WEIGHT_DTYPE, IMPORTANCE_METHODS, WEIGHT_DTYPES
+from llmshearing.pruning.export import write_pruned_model
+from llmshearing.pruning.importance import importance_scores, mask_kind_scores
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.llama_layout import attach_masks
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PRUNING_MODULES = ('layer', 'head', 'intermediate', 'hidden')
 INITS = ('all_kept', 'uniform', 'importance')
 DEFAULT_INIT_SCALE = 16.0
 
@@ -64,13 +64,14 @@ def apply_shearing(
     model: PreTrainedModel,
     optimizers: torch.optim.Optimizer | Sequence[torch.optim.Optimizer] | None = None,
     target: Mapping[str, int] | None = None,
-    pruning_modules: Sequence[str] = DEFAULT_PRUNING_MODULES,
+    pruning_modules: Sequence[str] | None = None,
     target_sparsity: float | None = None,
     lag_lr: float = 1.0,
     droprate_init: float = 0.5,
     eval_target_shape: bool = True,
 ) -> L0Module:
-    """Attach L0 masks to ``model`` and give the optimizer their logits and multipliers at ``lag_lr``.
+    """Attach L0 masks to ``model`` and give the optimizer their logits and multipliers at ``lag_lr``; ``None``
+    pruning modules are the source's ``default_pruning_modules``.
 
     The multipliers enter the Lagrangian through a gradient reversal, so the same descent step that
     shrinks the masks' Lagrangian grows it in the multipliers (gradient ascent).
@@ -88,7 +89,8 @@ class Shearing(Algorithm):
 
     Args:
         target: the target shape in HF config names (missing fields keep the source's size).
-        pruning_modules: mask kinds among ``layer``, ``head``, ``kv_head``, ``intermediate``, ``hidden``.
+        pruning_modules: mask kinds among ``layer``, ``head``, ``kv_head``, ``intermediate``, ``hidden`` (default:
+            every kind the source has, ``kv_head`` only with grouped-query attention).
         target_sparsity: instead of ``target``, the fraction of non-embedding parameters to remove.
         lagrangian_warmup: time over which the target sparsity rises linearly from 0 (e.g. ``'640ba'``).
         lag_lr: learning rate of the mask logits and the Lagrange multipliers.
@@ -114,24 +116,26 @@ class Shearing(Algorithm):
     def __init__(
         self,
         target: Mapping[str, int] | None = None,
-        pruning_modules: Sequence[str] = DEFAULT_PRUNING_MODULES,
+        pruning_modules: Sequence[str] | None = None,
         target_sparsity: float | None = None,
         lagrangian_warmup: str | Time = '0ba',
         lag_lr: float = 1.0,
         droprate_init: float = 0.5,
         eval_target_shape: bool = True,
         export_dir: str | None = None,
-        export_dtype: str = 'bf16',
+        export_dtype: str = DEFAULT_WEIGHT_DTYPE,
         init: str = 'all_kept',
-        importance_method: str = 'activation',
+        importance_method: str = DEFAULT_IMPORTANCE,
         importance_file: str | None = None,
         calibration_batches: int = 4,
         init_scale: float = DEFAULT_INIT_SCALE,
     ):
-        if export_dtype not in DTYPES:
-            raise ValueError(f'algorithms.shearing.export_dtype must be one of {sorted(DTYPES)}, got {export_dtype!r}')
+        if export_dtype not in WEIGHT_DTYPES:
+            raise ValueError(
+                f'algorithms.shearing.export_dtype must be one of {sorted(WEIGHT_DTYPES)}, got {export_dtype!r}',
+            )
         self.target = dict(target) if target is not None else None
-        self.pruning_modules = list(pruning_modules)
+        self.pruning_modules = None if pruning_modules is None else list(pruning_modules)
         self.target_sparsity = target_sparsity
         try:
             self.lagrangian_warmup = Time.from_input(lagrangian_warmup, TimeUnit.BATCH)
@@ -215,6 +219,7 @@ class Shearing(Algorithm):
                 self.eval_target_shape,
             )
             self.l0_module.generator = torch.Generator(self.l0_module.device)
+            self.pruning_modules = self.l0_module.pruning_modules
             log.info('Pruning %s to %s', self.l0_module.source, self.l0_module.final_shape())
             if self.init == 'all_kept':
                 self.l0_module.init_all_kept()

@@ -12,10 +12,9 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from llmshearing.choices import PRUNING_MODULES, TARGET_FIELDS
 from llmshearing.pruning.hard_concrete import HardConcreteMask, log_alpha_from_scores
-from llmshearing.pruning.shape import TARGET_FIELDS, ModelShape
-
-PRUNING_MODULES = ('layer', 'head', 'kv_head', 'intermediate', 'hidden')
+from llmshearing.pruning.shape import ModelShape
 
 # The target field each mask kind moves.
 _FIELD_OF_MODULE = {
@@ -95,6 +94,11 @@ def _validate_target(source: ModelShape, target: ModelShape, pruning_modules: Se
             )
 
 
+def default_pruning_modules(source: ModelShape) -> tuple[str, ...]:
+    """Every mask kind that ``source`` has: ``kv_head`` only with grouped-query attention."""
+    return tuple(module for module in PRUNING_MODULES if module != 'kv_head' or not source.is_multi_head)
+
+
 def _validate_pruning_modules(source: ModelShape, pruning_modules: Sequence[str]) -> None:
     if not pruning_modules:
         raise ValueError('pruning_modules is empty; choose from ' + str(list(PRUNING_MODULES)))
@@ -115,20 +119,20 @@ class L0Module(nn.Module):
 
     Give either ``target`` (a dict in HF config names; missing fields keep the source's size) or
     ``target_sparsity`` (the fraction of non-embedding parameters to remove; the final shape is then the
-    one the masks learn).
+    one the masks learn). ``pruning_modules`` defaults to ``default_pruning_modules(source)``.
     """
 
     def __init__(
         self,
         source: ModelShape,
-        pruning_modules: Sequence[str],
+        pruning_modules: Sequence[str] | None = None,
         target: Mapping[str, int] | None = None,
         target_sparsity: float | None = None,
         droprate_init: float = 0.5,
         eval_target_shape: bool = True,
     ):
         super().__init__()
-        pruning_modules = list(pruning_modules)
+        pruning_modules = list(default_pruning_modules(source) if pruning_modules is None else pruning_modules)
         _validate_pruning_modules(source, pruning_modules)
         if (target is None) == (target_sparsity is None):
             raise ValueError('Give exactly one of target and target_sparsity')

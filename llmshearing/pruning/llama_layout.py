@@ -103,12 +103,13 @@ def _residual_scale(current: _CurrentMasks, layer_index: int):
 def attach_masks(
     model: PreTrainedModel,
     target: Mapping[str, int] | None = None,
-    pruning_modules: Sequence[str] = ('layer', 'head', 'intermediate', 'hidden'),
+    pruning_modules: Sequence[str] | None = None,
     target_sparsity: float | None = None,
     droprate_init: float = 0.5,
     eval_target_shape: bool = True,
 ) -> L0Module:
-    """Attach L0 masks to a Llama-layout causal LM, aimed at ``target`` (HF config names).
+    """Attach L0 masks to a Llama-layout causal LM, aimed at ``target`` (HF config names), over ``pruning_modules``
+    (default: ``default_pruning_modules`` of the model's shape).
 
     Afterwards ``model.train()`` forwards draw a fresh mask sample per forward and ``model.eval()``
     forwards use the deterministic masks. The L0 module becomes ``model.l0_module``, so the model's

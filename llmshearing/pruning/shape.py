@@ -6,13 +6,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-TARGET_FIELDS = (
-    'hidden_size',
-    'num_attention_heads',
-    'num_key_value_heads',
-    'intermediate_size',
-    'num_hidden_layers',
-)
+from llmshearing.choices import TARGET_FIELDS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``llmshearing demo``: the whole Sheared-LLaMA pipeline on one CPU, offline, on text already on this machine.
+"""The whole Sheared-LLaMA pipeline on one CPU, offline, on text already on this machine.
 
 1. A corpus of three domains: ``code`` (the Python standard library's modules), ``reference`` (the language
    reference that ships with the standard library in ``pydoc_data``) and ``docs`` (the long descriptions of
@@ -11,14 +11,13 @@
 5. Per-domain eval losses of the three models, and a report folder with a summary and plots.
 
 The console shows one line per stage: a progress bar, the wall time and the stage's key figure. Each stage's
-whole log is in ``OUTPUT/<stage>/log.txt``; ``--verbose`` shows it on the console as well.
+whole log is in ``OUTPUT/<stage>/log.txt``; ``verbose`` shows it on the console as well. ``llmshearing demo`` runs it.
 
 Both dynamic-loading stages take the source model's per-domain eval losses as reference losses.
 """
 
 from __future__ import annotations
 
-import argparse
 import email
 import json
 import logging
@@ -37,6 +36,7 @@ import pydoc_data.topics
 import torch
 
 from llmshearing import report
+from llmshearing.checks import ParameterError
 from llmshearing.data.prepare import prepare_data
 from llmshearing.data.reference_loss import evaluate_domain_losses
 from llmshearing.pruning.export import masked_model_from_checkpoint
@@ -281,7 +281,7 @@ def run_demo(output_dir: str | Path, quick: bool = False, verbose: bool = False)
     shows one line per stage (``verbose``: everything each stage logs and prints as well)."""
     output_dir = Path(output_dir)
     if output_dir.exists() and (not output_dir.is_dir() or any(output_dir.iterdir())):
-        raise FileExistsError(f'output folder {output_dir} exists and is not empty; choose another with --output')
+        raise ParameterError('output_dir', f'{output_dir} exists and is not empty: choose a new or empty folder')
     output_dir = output_dir.resolve()
     command = shlex.join(['llmshearing', 'demo', *(['--quick'] if quick else []), '--output', str(output_dir)])
     with torch_threads(TORCH_THREADS):
@@ -371,20 +371,3 @@ def run_stages(output_dir: Path, settings: DemoSettings, command: str, verbose: 
         current.bar.update(1)
         current.figure = f'{report_dir / "README.md"} (the demo took {time.monotonic() - started:.0f} s)'
     return report_dir
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        'demo',
-        help='Run the whole pipeline (corpus, source model, pruning, continued pre-training, report) on a CPU, offline',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('--output', default='outputs/demo', help='a new or empty folder for all the demo writes')
-    parser.add_argument('--quick', action='store_true', help='less text, fewer batches: one to two minutes on 2 cores')
-    parser.add_argument(
-        '--verbose',
-        action='store_true',
-        help="show each stage's whole log on the console as well (it is always in OUTPUT/<stage>/log.txt)",
-    )
-    parser.set_defaults(run=lambda args: run_demo(args.output, args.quick, args.verbose))

@@ -17,9 +17,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from transformers import AutoConfig
 
+from llmshearing.choices import TARGET_FIELDS
 from llmshearing.loggers import read_metrics
 from llmshearing.pruning.l0_module import StructureMasks
-from llmshearing.pruning.shape import TARGET_FIELDS, ModelShape
+from llmshearing.pruning.shape import ModelShape
+from llmshearing.tables import markdown_table
 
 Series = list[tuple[int, float | None]]
 
@@ -238,12 +240,6 @@ def plot_task_accuracies(scores: Mapping[str, Mapping[str, float]], chance: Mapp
     axis.legend(fontsize='small')
     axis.set_title('Downstream accuracy per task (dashed: chance)')
     return figure
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    """The lines of a markdown table."""
-    lines = ['| ' + ' | '.join(headers) + ' |', '|' + '---|' * len(headers)]
-    return lines + ['| ' + ' | '.join(str(cell) for cell in row) + ' |' for row in rows]
 
 
 def render_readme(

@@ -12,7 +12,15 @@ from conftest import FAMILIES, VOCAB_SIZE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing import cli
-from llmshearing.pruning import L0Module, ModelShape, attach_masks, importance_masks, prune_model
+from llmshearing.commands.prune_oneshot import prune_oneshot
+from llmshearing.pruning import (
+    L0Module,
+    ModelShape,
+    attach_masks,
+    default_pruning_modules,
+    importance_masks,
+    prune_model,
+)
 from llmshearing.pruning.importance import IMPORTANCE_METHODS, importance_scores, masks_from_scores
 from llmshearing.toy import save_toy_model, write_random_domain_data
 
@@ -82,7 +90,7 @@ def test_scores_need_calibration_batches_except_magnitude():
     model = FAMILIES['llama_mha']()
     with pytest.raises(ValueError, match="importance method 'activation' needs calibration batches"):
         importance_scores(model, 'activation', [])
-    with pytest.raises(ValueError, match="importance method must be one of"):
+    with pytest.raises(ValueError, match="method must be one of"):
         importance_scores(model, 'random', [])
     assert importance_scores(model, 'magnitude').hidden.shape == (32,)
 
@@ -128,8 +136,10 @@ def test_prune_oneshot_writes_the_model_scores_and_plot(toy_source_and_data, tmp
         (['--target', 'num_attention_heads=5'], 'target num_attention_heads=5 is larger than the source model'),
         (['--target', 'heads=2'], "unknown target field 'heads'"),
         (['--target', 'num_hidden_layers=2', '--domains', 'gamma'], "no training split for domain(s) ['gamma']"),
-        (['--target', 'num_hidden_layers=2', '--no-data'], '--importance activation needs --data'),
-        (['--target', 'num_hidden_layers=2', '--calibration-samples', '0'], '--calibration-samples must be positive'),
+        (['--target', 'num_hidden_layers=2', '--no-data'], '--data is needed: importance activation scores on'),
+        (['--target', 'num_hidden_layers=2', '--calibration-samples', '0'],
+         '--calibration-samples must be positive, got 0'),
+        (['--target', 'num_hidden_layers=2', '--seq-len', '-1'], '--seq-len must be positive, got -1'),
     ],
 )
 def test_prune_oneshot_bad_input(toy_source_and_data, tmp_path: Path, capsys, extra: list[str], message: str):
@@ -148,6 +158,37 @@ def exit_code(*arguments: str) -> int:
         return cli.main(list(arguments))
     except SystemExit as exit:
         return exit.code
+
+
+def test_prune_oneshot_errors_name_parameters_in_python(toy_source_and_data, tmp_path: Path):
+    model_dir, data_dir = toy_source_and_data
+    with pytest.raises(ValueError, match='^calibration_samples must be positive, got 0$'):
+        prune_oneshot(model_dir, tmp_path / 'pruned', {'num_hidden_layers': 2}, data_dir=data_dir,
+                      calibration_samples=0)
+    with pytest.raises(ValueError, match='^data_dir is needed'):
+        prune_oneshot(model_dir, tmp_path / 'pruned', {'num_hidden_layers': 2})
+
+
+def test_prune_oneshot_default_modules_on_multi_head_attention(tmp_path: Path):
+    """The default pruning modules fit the source: a multi-head-attention Llama gets no ``kv_head``."""
+    model_dir = save_toy_model(tmp_path / 'mha', hidden_size=32, num_attention_heads=4, num_key_value_heads=4,
+                               intermediate_size=48, num_hidden_layers=3)
+    out = tmp_path / 'pruned'
+    assert cli.main(['prune-oneshot', str(model_dir), str(out), '--importance', 'magnitude', '--dtype', 'fp32',
+                     '--target', 'hidden_size=24,num_attention_heads=2,intermediate_size=32,num_hidden_layers=2']) == 0
+    pruned = AutoModelForCausalLM.from_pretrained(out)
+    assert (pruned.config.num_attention_heads, pruned.config.num_key_value_heads) == (2, 2)
+    report = json.loads((out / 'importance.json').read_text())
+    assert report['pruning_modules'] == ['layer', 'head', 'intermediate', 'hidden']
+
+
+def test_default_pruning_modules_follow_the_attention():
+    mha = ModelShape(64, 4, 4, 16, 128, 2)
+    gqa = ModelShape(64, 4, 2, 16, 128, 2)
+    assert default_pruning_modules(mha) == ('layer', 'head', 'intermediate', 'hidden')
+    assert default_pruning_modules(gqa) == ('layer', 'head', 'kv_head', 'intermediate', 'hidden')
+    l0_module = L0Module(gqa, target={'num_attention_heads': 2, 'num_key_value_heads': 1})
+    assert l0_module.pruning_modules == list(default_pruning_modules(gqa))
 
 
 def test_prune_oneshot_keeps_an_existing_output(toy_source_and_data, tmp_path: Path, capsys):

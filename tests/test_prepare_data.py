@@ -373,7 +373,7 @@ def test_existing_output_is_kept_without_overwrite(tmp_path, corpus, byte_tokeni
     output = tmp_path / 'out'
     output.mkdir()
     (output / 'precious.txt').write_text('keep me')
-    with pytest.raises(FileExistsError, match=f'output folder {output} exists and is not empty; pass --overwrite'):
+    with pytest.raises(FileExistsError, match=f'output folder {output} is not empty; pass overwrite=True'):
         prepare_data(tmp_path / 'input', output, byte_tokenizer_dir, SEQ_LEN, eval_samples=0, workers=1)
     assert [path.name for path in output.iterdir()] == ['precious.txt']
 
@@ -396,8 +396,8 @@ def test_command_line(tmp_path, corpus, byte_tokenizer_dir, capsys):
 
     assert main(command) == 2
     assert capsys.readouterr().err == (
-        f'llmshearing prepare-data: error: output folder {tmp_path / "out"} exists and is not empty;'
-        ' pass --overwrite to replace it\n'
+        f'llmshearing prepare-data: error: output folder {tmp_path / "out"} is not empty;'
+        ' pass --overwrite to replace its files\n'
     )
 
 

@@ -1,4 +1,4 @@
-"""``llmshearing prepare-data``: per-domain JSON lines to tokenised MDS shards for training and evaluation.
+"""Per-domain JSON lines to tokenised MDS shards for training and evaluation (``llmshearing prepare-data``).
 
 INPUT_DIR holds one folder per domain with ``*.jsonl``, ``*.jsonl.gz`` or ``*.jsonl.zst`` files of records
 that carry a ``text`` field (other fields are ignored). Every document becomes BOS + tokens + EOS (each
@@ -17,7 +17,6 @@ OUTPUT_DIR gets ``train/<domain>/``, ``eval/<domain>/`` and ``eval/eval_merge/``
 
 from __future__ import annotations
 
-import argparse
 import gzip
 import io
 import itertools
@@ -40,11 +39,13 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import AutoTokenizer, LlamaTokenizerFast, PreTrainedTokenizerFast
 
+from llmshearing.checks import ParameterError, check_output_dir
+from llmshearing.choices import DEFAULT_EVAL_SAMPLES
+
 log = logging.getLogger(__name__)
 
 INPUT_SUFFIXES = ('.jsonl', '.jsonl.gz', '.jsonl.zst')
 EVAL_MERGE = 'eval_merge'
-DEFAULT_EVAL_SAMPLES = 500
 CHUNK_BYTES = 1 << 18
 SKIPPED_RECORDS_LISTED = 10
 
@@ -352,8 +353,7 @@ def _check_output_dir(output_dir: Path, input_dir: Path, overwrite: bool) -> Non
         raise ValueError(f'output folder {output_dir} and input folder {input_dir} must not contain each other')
     if output_dir.exists() and not output_dir.is_dir():
         raise FileExistsError(f'output folder {output_dir} is a file')
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f'output folder {output_dir} exists and is not empty; pass --overwrite to replace it')
+    check_output_dir(output_dir, overwrite)
 
 
 def _check_counts(seq_len: int, eval_samples: int, workers: int, max_docs_per_domain: int | None) -> None:
@@ -364,7 +364,7 @@ def _check_counts(seq_len: int, eval_samples: int, workers: int, max_docs_per_do
         ('max_docs_per_domain', 1 if max_docs_per_domain is None else max_docs_per_domain, 1),
     ):
         if value < minimum:
-            raise ValueError(f'{name} must be at least {minimum}, got {value}')
+            raise ParameterError(name, f'must be at least {minimum}, got {value}')
 
 
 def prepare_data(
@@ -505,47 +505,3 @@ def _check_domain(
             'domain %r: %d eval samples instead of %d (its eval files %s are used up)',
             domain, evaluation.samples, settings.eval_samples, eval_files,
         )
-
-
-def comma_separated(value: str) -> list[str]:
-    """Command-line value ``'a,b'`` as ``['a', 'b']``."""
-    return [item for item in value.split(',') if item]
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``llmshearing prepare-data``."""
-    parser = subparsers.add_parser(
-        'prepare-data',
-        help='tokenise per-domain JSON lines into MDS shards',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('input_dir', metavar='INPUT_DIR', type=Path, help='one folder of JSON-lines files per domain')
-    parser.add_argument('output_dir', metavar='OUTPUT_DIR', type=Path, help='where train/, eval/ and manifest.json go')
-    parser.add_argument(
-        '--tokenizer', required=True, type=Path, help='Hugging Face tokenizer folder or SentencePiece tokenizer.model'
-    )
-    parser.add_argument('--seq-len', required=True, type=int, help='tokens per sample')
-    parser.add_argument(
-        '--eval-samples', type=int, default=DEFAULT_EVAL_SAMPLES,
-        help=f'eval samples per domain, 0 for none (default: {DEFAULT_EVAL_SAMPLES})',
-    )
-    parser.add_argument('--workers', type=int, help='tokenising processes (default: the usable CPUs)')
-    parser.add_argument('--overwrite', action='store_true', help='replace a non-empty OUTPUT_DIR')
-    parser.add_argument('--domains', type=comma_separated, help='comma-separated domain folders (default: all)')
-    parser.add_argument('--max-docs-per-domain', type=int, help='at most this many training documents per domain')
-    parser.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    prepare_data(
-        args.input_dir,
-        args.output_dir,
-        args.tokenizer,
-        args.seq_len,
-        eval_samples=args.eval_samples,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        domains=args.domains,
-        max_docs_per_domain=args.max_docs_per_domain,
-    )

@@ -1,15 +1,14 @@
-"""``llmshearing reference-loss``: per-domain reference losses for dynamic batch loading.
+"""Per-domain reference losses for dynamic batch loading (``llmshearing reference-loss``).
 
-``eval`` measures a Hugging Face causal LM's mean loss per predicted token on each ``DATA_DIR/eval/<domain>``
-(as ``prepare-data`` writes it). ``fit`` fits the scaling law L(N) = E + A·N^(−α) per domain through several
-(parameter count, per-domain losses) points, the JSON files ``eval`` writes or hand-written ones, and
-predicts each domain's loss at a target parameter count; its ``reference`` list goes into
-``callbacks.dynamic_loading.reference``.
+``evaluate_domain_losses`` (``eval``) measures a Hugging Face causal LM's mean loss per predicted token on each
+``DATA_DIR/eval/<domain>`` (as ``prepare-data`` writes it). ``predict_reference_losses`` (``fit``) fits the scaling
+law L(N) = E + A·N^(−α) per domain through several (parameter count, per-domain losses) points, the JSON files
+``eval`` writes or hand-written ones, and predicts each domain's loss at a target parameter count; its ``reference``
+list goes into ``callbacks.dynamic_loading.reference``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections.abc import Sequence
@@ -23,7 +22,9 @@ from scipy.optimize import minimize_scalar
 from streaming import LocalDataset
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from llmshearing.data.prepare import EVAL_MERGE, comma_separated
+from llmshearing.checks import ParameterError
+from llmshearing.choices import DEFAULT_LOSS_EVAL_BATCH_SIZE, DEFAULT_LOSS_EVAL_DTYPE, LOSS_EVAL_DTYPES
+from llmshearing.data.prepare import EVAL_MERGE
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +75,9 @@ def evaluate_domain_losses(
     model_dir: str | Path,
     data_dir: str | Path,
     domains: Sequence[str] | None = None,
-    batch_size: int = 4,
+    batch_size: int = DEFAULT_LOSS_EVAL_BATCH_SIZE,
     device: str | None = None,
-    dtype: str = 'float32',
+    dtype: str = DEFAULT_LOSS_EVAL_DTYPE,
     max_samples: int | None = None,
 ) -> dict[str, Any]:
     """Mean loss per predicted token of ``model_dir`` on each ``data_dir/eval/<domain>``.
@@ -98,7 +99,9 @@ def evaluate_domain_losses(
         raise FileNotFoundError(f'model folder {model_dir} does not exist')
     for name, value in (('batch_size', batch_size), ('max_samples', 1 if max_samples is None else max_samples)):
         if value < 1:
-            raise ValueError(f'{name} must be at least 1, got {value}')
+            raise ParameterError(name, f'must be at least 1, got {value}')
+    if dtype not in LOSS_EVAL_DTYPES:
+        raise ParameterError('dtype', f'must be one of {list(LOSS_EVAL_DTYPES)}, got {dtype!r}')
     domains = _eval_domains(data_dir, domains)
     torch_device = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=getattr(torch, dtype)).to(torch_device).eval()
@@ -187,7 +190,7 @@ def predict_reference_losses(loss_files: Sequence[str | Path], target_parameters
     ``reference`` lists the predicted losses in the domain order of the first file.
     """
     if target_parameters <= 0:
-        raise ValueError(f'target parameter count must be positive, got {target_parameters}')
+        raise ParameterError('target_parameters', f'must be positive, got {target_parameters}')
     paths = [Path(file) for file in loss_files]
     points = [_read_point(path) for path in paths]
     if len(points) < 3:
@@ -211,49 +214,3 @@ def predict_reference_losses(loss_files: Sequence[str | Path], target_parameters
         'scaling_laws': {domain: asdict(law) for domain, law in scaling_laws.items()},
         'points': [str(path) for path in paths],
     }
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + '\n')
-    log.info('wrote %s', path)
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``llmshearing reference-loss eval`` and ``llmshearing reference-loss fit``."""
-    parser = subparsers.add_parser(
-        'reference-loss',
-        help='per-domain losses of a model, or scaling-law predictions of them',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    actions = parser.add_subparsers(dest='action', required=True, metavar='ACTION')
-
-    evaluate = actions.add_parser('eval', help="a model's mean token loss on each DATA_DIR/eval/<domain>")
-    evaluate.add_argument('model_dir', metavar='MODEL', type=Path, help='Hugging Face causal LM folder')
-    evaluate.add_argument('data_dir', metavar='DATA_DIR', type=Path, help='prepare-data output')
-    evaluate.add_argument('--out', required=True, type=Path, help='JSON file to write')
-    evaluate.add_argument('--domains', type=comma_separated, help='comma-separated domains (default: all)')
-    evaluate.add_argument('--batch-size', type=int, default=4, help='samples per forward pass (default: 4)')
-    evaluate.add_argument('--device', help='torch device (default: cuda if available, else cpu)')
-    evaluate.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16', 'float16'))
-    evaluate.add_argument('--max-samples', type=int, help='at most this many samples per domain')
-    evaluate.set_defaults(run=_run_eval)
-
-    fit = actions.add_parser('fit', help='fit L(N) = E + A*N^-alpha per domain and predict losses at a target size')
-    fit.add_argument('loss_files', metavar='LOSSES.json', nargs='+', type=Path, help='three or more eval outputs')
-    fit.add_argument('--target-params', required=True, type=float, help='parameter count to predict losses for')
-    fit.add_argument('--out', required=True, type=Path, help='JSON file to write')
-    fit.set_defaults(run=_run_fit)
-
-
-def _run_eval(args: argparse.Namespace) -> None:
-    result = evaluate_domain_losses(
-        args.model_dir, args.data_dir, domains=args.domains, batch_size=args.batch_size, device=args.device,
-        dtype=args.dtype, max_samples=args.max_samples,
-    )
-    _write_json(args.out, result)
-
-
-def _run_fit(args: argparse.Namespace) -> None:
-    _write_json(args.out, predict_reference_losses(args.loss_files, args.target_params))

@@ -1,12 +1,11 @@
-"""``llmshearing evaluate``: downstream accuracy of Hugging Face models with lm-evaluation-harness, offline.
+"""Downstream accuracy of Hugging Face models with lm-evaluation-harness, offline (``llmshearing evaluate``).
 
-Each model is evaluated on the same rows of each task (a seeded subset with ``--limit``); the result is a JSON
-file, a markdown table beside it, a PNG bar chart with two or more models, and every row's scores as jsonl.
+Each model is evaluated on the same rows of each task (a seeded subset with ``limit``); the result is a JSON
+file, a markdown table beside it and every row's scores as jsonl (``write_outputs``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
@@ -18,22 +17,23 @@ from typing import Any
 
 import torch
 
-from llmshearing.evaluation.tasks import (
-    CHANCE_KEYS,
-    PAPER_TASKS,
-    Task,
-    load_tasks,
-    task_names,
+from llmshearing.checks import ParameterError, check_positive
+from llmshearing.choices import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_EVAL_DEVICE,
+    DEFAULT_EVAL_DTYPE,
+    DEFAULT_EVAL_SEED,
+    EVAL_DTYPES,
 )
-from llmshearing.report import markdown_table, plot_task_accuracies
+from llmshearing.evaluation.tasks import CHANCE_KEYS, Task, load_tasks, task_names
+from llmshearing.tables import markdown_table
 
 log = logging.getLogger(__name__)
 
-DTYPES = ('float32', 'bfloat16')
-
 
 def output_paths(out: Path) -> dict[str, Path]:
-    """Every file ``evaluate`` writes for ``--out FILE.json``."""
+    """Every file ``llmshearing evaluate`` writes for ``out`` (``FILE.json``); the chart only with two or more
+    models."""
     return {
         'json': out,
         'markdown': out.with_suffix('.md'),
@@ -56,9 +56,9 @@ def _check_models(models: Sequence[str | Path]) -> list[Path]:
 
 def _check_device(device: str) -> None:
     if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ValueError(f'--device {device}: this machine has no CUDA device')
+        raise ParameterError('device', f'{device}: this machine has no CUDA device')
     if device != 'cpu' and not device.startswith('cuda'):
-        raise ValueError(f'--device must be cpu or cuda, got {device!r}')
+        raise ParameterError('device', f'must be cpu or cuda, got {device!r}')
 
 
 def _task_result(task: Task, num_fewshot: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -99,13 +99,14 @@ def evaluate_models(
     tasks: str,
     task_dir: str | Path,
     limit: int | None = None,
-    seed: int = 1234,
+    seed: int = DEFAULT_EVAL_SEED,
     num_fewshot: int | None = None,
-    batch_size: int = 8,
-    device: str = 'cpu',
-    dtype: str = 'float32',
+    batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
+    device: str = DEFAULT_EVAL_DEVICE,
+    dtype: str = DEFAULT_EVAL_DTYPE,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Evaluate each model on the tasks; returns the result (the ``--out`` JSON) and one record per row and model.
+    """Evaluate each model on the tasks; returns the result (the JSON ``write_outputs`` writes) and one record per
+    row and model.
 
     Args:
         models: Hugging Face causal LM folders.
@@ -120,13 +121,12 @@ def evaluate_models(
     """
     folders = _check_models(models)
     if limit is not None and limit <= 0:
-        raise ValueError(f'--limit must be a positive number of rows, got {limit}')
+        raise ParameterError('limit', f'must be a positive number of rows, got {limit}')
     if num_fewshot is not None and num_fewshot < 0:
-        raise ValueError(f'--num-fewshot must be 0 or more, got {num_fewshot}')
-    if batch_size <= 0:
-        raise ValueError(f'--batch-size must be positive, got {batch_size}')
-    if dtype not in DTYPES:
-        raise ValueError(f'--dtype must be one of {list(DTYPES)}, got {dtype!r}')
+        raise ParameterError('num_fewshot', f'must be 0 or more, got {num_fewshot}')
+    check_positive(batch_size=batch_size)
+    if dtype not in EVAL_DTYPES:
+        raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
     _check_device(device)
     task_dir = Path(task_dir)
     checked = load_tasks(task_names(tasks, task_dir), task_dir, limit, seed)
@@ -231,8 +231,22 @@ def results_table(result: dict[str, Any]) -> list[str]:
     return markdown_table(headers, rows)
 
 
+def task_scores(result: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """What the bar chart shows: per model label, the score of each task (by title) and the average; and each
+    multiple-choice task's chance accuracy."""
+    settings = result['settings']
+    labels = model_labels(list(result['models']))
+    scores = {
+        labels[model]: {settings['tasks'][name]['title']: task['score'] for name, task in model_result['tasks'].items()}
+        | {'average': model_result['average']}
+        for model, model_result in result['models'].items()
+    }
+    chance = {task['title']: task['chance'] for task in settings['tasks'].values() if task['chance'] is not None}
+    return scores, chance
+
+
 def write_outputs(result: dict[str, Any], records: Sequence[dict[str, Any]], out: Path) -> dict[str, Path]:
-    """Write the JSON, the markdown table, the per-row jsonl and (two or more models) the bar chart."""
+    """Write the JSON, the markdown table and the per-row jsonl; return their paths."""
     paths = output_paths(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths['json'].write_text(json.dumps(result, indent=2) + '\n')
@@ -245,58 +259,4 @@ def write_outputs(result: dict[str, Any], records: Sequence[dict[str, Any]], out
     with paths['samples'].open('w') as samples_file:
         for record in records:
             samples_file.write(json.dumps(record) + '\n')
-    written = dict(paths)
-    if len(result['models']) >= 2:
-        labels = model_labels(list(result['models']))
-        scores = {
-            labels[model]: {settings['tasks'][name]['title']: task['score'] for name, task in model_result['tasks'].items()}
-            | {'average': model_result['average']}
-            for model, model_result in result['models'].items()
-        }
-        chance = {task['title']: task['chance'] for task in settings['tasks'].values() if task['chance'] is not None}
-        figure = plot_task_accuracies(scores, chance)
-        figure.savefig(paths['chart'], dpi=110)
-    else:
-        written.pop('chart')
-    return written
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``llmshearing evaluate``."""
-    parser = subparsers.add_parser(
-        'evaluate',
-        help='downstream task accuracy of Hugging Face models (lm-evaluation-harness, offline)',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('models', metavar='MODEL', nargs='+', help='Hugging Face causal LM folders')
-    parser.add_argument(
-        '--tasks', required=True,
-        help=f'paper (each of {", ".join(PAPER_TASKS)} that --task-dir holds, with the paper\'s shots and metric) '
-        'or a comma-separated list of names; NAME is TASK_DIR/NAME.jsonl',
-    )
-    parser.add_argument('--task-dir', required=True, type=Path, help='folder of task files in llm-foundry ICL format')
-    parser.add_argument('--limit', type=int, help='evaluate this many rows per task, drawn with --seed (default: all)')
-    parser.add_argument('--seed', type=int, default=1234, help='seed of the row subset and the few-shot examples')
-    parser.add_argument('--num-fewshot', type=int, help='shots for every task (default: each task\'s own)')
-    parser.add_argument('--batch-size', type=int, default=8, help='requests per forward pass (default: 8)')
-    parser.add_argument('--device', default='cpu', help='cpu or cuda (default: cpu)')
-    parser.add_argument('--dtype', default='float32', choices=DTYPES)
-    parser.add_argument('--out', required=True, type=Path, help='FILE.json; FILE.md, FILE.png, FILE.samples.jsonl beside it')
-    parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
-    parser.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> None:
-    if args.out.suffix != '.json':
-        raise ValueError(f'--out must name a .json file, got {args.out}')
-    existing = [str(path) for path in output_paths(args.out).values() if path.exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f'{", ".join(existing)} exist(s); pass --overwrite to replace')
-    result, records = evaluate_models(
-        args.models, args.tasks, args.task_dir, limit=args.limit, seed=args.seed, num_fewshot=args.num_fewshot,
-        batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-    )
-    written = write_outputs(result, records, args.out)
-    log.info('Results:\n%s', '\n'.join(results_table(result)))
-    log.info('Wrote %s', ', '.join(str(path) for path in written.values()))
+    return {name: path for name, path in paths.items() if name != 'chart'}

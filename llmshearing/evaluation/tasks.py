@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from llmshearing.checks import ParameterError
+
 MULTIPLE_CHOICE = 'multiple_choice'
 SCHEMA = 'schema'
 LANGUAGE_MODELING = 'language_modeling'
@@ -174,9 +176,9 @@ def task_names(tasks: str, task_dir: Path) -> list[str]:
         return names
     names = [name.strip() for name in tasks.split(',') if name.strip()]
     if not names:
-        raise ValueError('--tasks is empty: give paper or a comma-separated list of task names')
+        raise ParameterError('tasks', 'is empty: give paper or a comma-separated list of task names')
     if len(set(names)) != len(names):
-        raise ValueError(f'--tasks names a task twice: {names}')
+        raise ParameterError('tasks', f'names a task twice: {names}')
     return names
 
 

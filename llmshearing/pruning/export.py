@@ -1,4 +1,4 @@
-"""``llmshearing export``: a Composer checkpoint of a pruning run to a plain, pruned Hugging Face model.
+"""A Composer checkpoint of a pruning run to a plain, pruned Hugging Face model (``llmshearing export``).
 
 It reads checkpoints of this package's runs and of the original LLM-Shearing code: monolithic ones (one
 ``torch.save`` file, memory-mapped) and Composer's sharded ones (a ``torch.distributed.checkpoint`` folder written by
@@ -9,7 +9,6 @@ the peak memory is about the source model's weights plus the pruned model's.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 import warnings
@@ -23,13 +22,15 @@ from torch.distributed.checkpoint.state_dict_loader import _load_state_dict_from
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.modeling_utils import no_init_weights
 
+from llmshearing.checks import ParameterError, check_output_dir
+from llmshearing.choices import DEFAULT_WEIGHT_DTYPE, WEIGHT_DTYPES
 from llmshearing.pruning.l0_module import StructureMasks
 from llmshearing.pruning.llama_layout import attach_masks, prune_model
 from llmshearing.pruning.original_checkpoint import is_original_checkpoint, model_and_masks_from_original_checkpoint
 
 log = logging.getLogger(__name__)
 
-DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp32': torch.float32}
+DTYPES = {name: getattr(torch, torch_name) for name, torch_name in WEIGHT_DTYPES.items()}
 MODEL_PREFIX = 'model.'
 LATEST_CHECKPOINTS = ('latest-rank0.pt', 'latest-sharded-rank0')
 """The links Composer keeps in a save folder to its latest monolithic and latest sharded checkpoint."""
@@ -115,7 +116,7 @@ def _tokenizer(
     """
     if tokenizer_path is not None:
         if not Path(tokenizer_path).exists():
-            raise FileNotFoundError(f'--tokenizer {tokenizer_path} does not exist')
+            raise FileNotFoundError(f'tokenizer {tokenizer_path} does not exist')
         return AutoTokenizer.from_pretrained(tokenizer_path)
     saved_state = checkpoint['state'].get('integrations', {}).get('huggingface')
     tokenizer = None
@@ -123,14 +124,14 @@ def _tokenizer(
         load = HuggingFaceModel.load_huggingface_tokenizer_from_saved_state
         tokenizer = load(saved_state, tokenizer_save_dir=str(files_dir))
     if tokenizer is None:
-        raise ValueError('the checkpoint holds no tokenizer; give one with --tokenizer PATH')
+        raise ParameterError('tokenizer_path', 'is needed: the checkpoint holds no tokenizer')
     return tokenizer
 
 
 def export(
     checkpoint_path: str | Path,
     output_dir: str | Path,
-    dtype: str = 'bf16',
+    dtype: str = DEFAULT_WEIGHT_DTYPE,
     overwrite: bool = False,
     tokenizer_path: str | Path | None = None,
 ) -> Path:
@@ -139,10 +140,9 @@ def export(
     The tokenizer is the one at ``tokenizer_path``, by default the one saved in the checkpoint.
     """
     if dtype not in DTYPES:
-        raise ValueError(f'dtype {dtype!r} is not one of {sorted(DTYPES)}')
+        raise ParameterError('dtype', f'must be one of {list(DTYPES)}, got {dtype!r}')
     output_dir = Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
-        raise FileExistsError(f'output folder {output_dir} is not empty; pass --overwrite to replace its files')
+    check_output_dir(output_dir, overwrite)
     path, checkpoint = load_checkpoint(checkpoint_path)
     with tempfile.TemporaryDirectory(prefix='tokenizer-') as tokenizer_files:
         tokenizer = _tokenizer(checkpoint, tokenizer_path, Path(tokenizer_files))
@@ -157,7 +157,7 @@ def write_pruned_model(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase | None,
     output_dir: str | Path,
-    dtype: str = 'bf16',
+    dtype: str = DEFAULT_WEIGHT_DTYPE,
     masks: StructureMasks | None = None,
     scale_embedding: bool = True,
 ) -> Path:
@@ -169,24 +169,3 @@ def write_pruned_model(
         tokenizer.save_pretrained(output_dir)
     log.info('Wrote %s', output_dir)
     return Path(output_dir)
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser('export', help='Export a pruning checkpoint as a pruned Hugging Face model')
-    parser.add_argument(
-        'checkpoint',
-        help='Composer checkpoint: a file, a sharded checkpoint folder, or a save folder (its latest-rank0.pt or '
-        'latest-sharded-rank0), of this package or of the original LLM-Shearing code',
-    )
-    parser.add_argument('output_dir', help='folder for the pruned model, config and tokenizer')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='weight dtype (default: bf16)')
-    parser.add_argument('--overwrite', action='store_true', help='replace files in a non-empty output folder')
-    parser.add_argument(
-        '--tokenizer',
-        metavar='PATH',
-        help="tokenizer folder to save with the model (default: the checkpoint's; original LLM-Shearing "
-        'checkpoints have none)',
-    )
-    parser.set_defaults(
-        run=lambda args: export(args.checkpoint, args.output_dir, args.dtype, args.overwrite, args.tokenizer),
-    )

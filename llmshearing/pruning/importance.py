@@ -2,7 +2,8 @@
 
 ``importance_scores`` measures every structure once; ``importance_masks`` keeps the top-scoring structures of
 each kind at the target shape (the same widths in every layer) as 0/1 ``StructureMasks``, which ``prune_model``
-folds like any other masks. ``llmshearing prune-oneshot`` does both on calibration samples of prepared data.
+folds like any other masks. ``llmshearing prune-oneshot`` (``llmshearing.commands.prune_oneshot``) does both on
+calibration samples of prepared data.
 
 Methods:
 - ``activation`` (Minitron): mean activation magnitudes on calibration tokens (attention-head output norms,
@@ -16,8 +17,6 @@ Methods:
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,17 +24,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import PreTrainedModel
 
-from llmshearing.pruning.l0_module import PRUNING_MODULES, L0Module, StructureMasks
-from llmshearing.pruning.llama_layout import attach_masks, recording_activation_scores, weight_structure_scores
-from llmshearing.pruning.shape import TARGET_FIELDS, ModelShape
+from llmshearing.checks import ParameterError
+from llmshearing.choices import DEFAULT_IMPORTANCE, IMPORTANCE_METHODS
+from llmshearing.pruning.l0_module import L0Module, StructureMasks
+from llmshearing.pruning.llama_layout import recording_activation_scores, weight_structure_scores
+from llmshearing.pruning.shape import ModelShape
 
 log = logging.getLogger(__name__)
-
-IMPORTANCE_METHODS = ('activation', 'taylor', 'magnitude')
-DEFAULT_PRUNING_MODULES = ('layer', 'head', 'kv_head', 'intermediate', 'hidden')
 
 
 def importance_scores(
@@ -46,7 +43,7 @@ def importance_scores(
     """Score every layer, query head, key/value head, MLP channel and hidden dimension (``StructureMasks`` layout,
     higher is more important). ``batches`` are ``(batch, seq)`` token ids; ``magnitude`` ignores them."""
     if method not in IMPORTANCE_METHODS:
-        raise ValueError(f'importance method must be one of {list(IMPORTANCE_METHODS)}, got {method!r}')
+        raise ParameterError('method', f'must be one of {list(IMPORTANCE_METHODS)}, got {method!r}')
     if method == 'magnitude':
         return weight_structure_scores(model, lambda weight: weight.detach().float().square())
     device = model.get_input_embeddings().weight.device
@@ -98,12 +95,13 @@ def top_gates(scores: torch.Tensor, num_kept: int) -> torch.Tensor:
 def importance_masks(
     model: PreTrainedModel,
     target: Mapping[str, int],
-    pruning_modules: Sequence[str] = DEFAULT_PRUNING_MODULES,
+    pruning_modules: Sequence[str] | None = None,
     batches: Iterable[torch.Tensor] = (),
-    method: str = 'activation',
+    method: str = DEFAULT_IMPORTANCE,
 ) -> StructureMasks:
     """0/1 masks of exactly the target shape keeping the most important structures (``prune_model(model,
-    masks=...)`` after ``attach_masks`` cuts them out). Target and modules are checked as for ``shearing``."""
+    masks=...)`` after ``attach_masks`` cuts them out). Target and modules (default: ``default_pruning_modules``)
+    are checked as for ``shearing``."""
     l0_module = L0Module(ModelShape.from_config(model.config), pruning_modules, target)
     return masks_from_scores(l0_module, importance_scores(model, method, batches))
 
@@ -119,9 +117,6 @@ def masks_from_scores(l0_module: L0Module, scores: StructureMasks) -> StructureM
     return l0_module.structure_masks(kind_gates(l0_module, scores))
 
 
-# Command line -------------------------------------------------------------------------------------------------------
-
-
 def calibration_batches(
     data_dir: Path,
     domains: Sequence[str] | None,
@@ -135,12 +130,14 @@ def calibration_batches(
 
     train_dir = data_dir / 'train'
     if not train_dir.is_dir():
-        raise FileNotFoundError(f'--data {data_dir}: no train/ folder (the output of llmshearing prepare-data)')
+        raise FileNotFoundError(f'prepared data {data_dir} has no train/ folder (the output of prepare-data)')
     available = sorted(path.name for path in train_dir.iterdir() if (path / 'index.json').is_file())
     domains = list(domains) if domains else available
     missing = [domain for domain in domains if domain not in available]
     if missing or not domains:
-        raise FileNotFoundError(f'--data {data_dir}: no training split for domain(s) {missing}; it has {available}')
+        raise FileNotFoundError(
+            f'prepared data {data_dir} has no training split for domain(s) {missing}; it has {available}',
+        )
     datasets = [LocalDataset(str(train_dir / domain)) for domain in domains]
     samples = []
     for index in range(num_samples):
@@ -150,25 +147,10 @@ def calibration_batches(
     stacked = torch.from_numpy(np.stack(samples))
     if stacked.max().item() >= vocab_size:
         raise ValueError(
-            f'--data {data_dir} has token id {stacked.max().item()}, outside the model\'s vocabulary of {vocab_size}: '
-            'prepare the data with the model\'s tokenizer',
+            f'prepared data {data_dir} has token id {stacked.max().item()}, outside the model\'s vocabulary of '
+            f'{vocab_size}: prepare the data with the model\'s tokenizer',
         )
     return list(stacked.split(batch_size))
-
-
-def parse_target(value: str) -> dict[str, int]:
-    """``hidden_size=384,num_attention_heads=6`` -> ``{'hidden_size': 384, 'num_attention_heads': 6}``."""
-    target = {}
-    for item in value.split(','):
-        name, _, number = item.partition('=')
-        name = name.strip()
-        if name not in TARGET_FIELDS:
-            raise argparse.ArgumentTypeError(f'unknown target field {name!r}; expected some of {list(TARGET_FIELDS)}')
-        try:
-            target[name] = int(number)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'target {name} must be an integer, got {number!r}') from None
-    return target
 
 
 def importance_report(
@@ -191,71 +173,3 @@ def importance_report(
         'masks_kept_per_structure': {name: int((value != 0).sum()) for name, value in vars(masks).items()
                                      if value is not None},
     }
-
-
-def prune_oneshot(args: argparse.Namespace) -> Path:
-    """``llmshearing prune-oneshot``: every check before the model's weights are read."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    from llmshearing.pruning.export import write_pruned_model
-    from llmshearing.report import plot_kept_structures
-
-    if not (args.model / 'config.json').is_file():
-        raise FileNotFoundError(f'model folder {args.model} does not exist or has no config.json')
-    if args.output_dir.exists() and any(args.output_dir.iterdir()) and not args.overwrite:
-        raise FileExistsError(f'output folder {args.output_dir} is not empty; pass --overwrite to replace its files')
-    for name in ('calibration_samples', 'batch_size', 'seq_len'):
-        if getattr(args, name) is not None and getattr(args, name) <= 0:
-            raise ValueError(f'--{name.replace("_", "-")} must be positive, got {getattr(args, name)}')
-    if args.importance != 'magnitude' and args.data is None:
-        raise ValueError(f'--importance {args.importance} needs --data (calibration samples)')
-    l0_module = L0Module(ModelShape.from_config(AutoConfig.from_pretrained(args.model)), args.pruning_modules,
-                         args.target)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32)
-    batches = [] if args.importance == 'magnitude' else calibration_batches(
-        args.data, args.domains, args.calibration_samples, args.seq_len, args.batch_size, model.config.vocab_size,
-    )
-    log.info('Scoring %s by %s importance on %d calibration samples', l0_module.source, args.importance,
-             sum(len(batch) for batch in batches))
-    scores = importance_scores(model, args.importance, tqdm(batches, desc='calibration batches', unit='batch'))
-    gates = kind_gates(l0_module, scores)
-    masks = l0_module.structure_masks(gates)
-    attach_masks(model, args.target, args.pruning_modules)
-    write_pruned_model(model, AutoTokenizer.from_pretrained(args.model), args.output_dir, args.dtype, masks=masks)
-    calibration = {'data': str(args.data), 'domains': args.domains, 'samples': sum(len(batch) for batch in batches),
-                   'seq_len': args.seq_len, 'batch_size': args.batch_size}
-    report = importance_report(args.importance, args.target, l0_module, scores, gates, calibration)
-    (args.output_dir / 'importance.json').write_text(json.dumps(report, indent=1) + '\n')
-    if masks.query_heads is not None and masks.intermediate is not None:
-        plot_kept_structures(masks).savefig(args.output_dir / 'kept_structures.png', dpi=100)
-    log.info('Wrote %s (%s)', args.output_dir, l0_module.final_shape())
-    return args.output_dir
-
-
-def add_command(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``llmshearing prune-oneshot``."""
-    from llmshearing.data.prepare import comma_separated
-    from llmshearing.pruning.export import DTYPES
-
-    parser = subparsers.add_parser(
-        'prune-oneshot',
-        help='prune a model once to a target shape by structure importance (no training)',
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument('model', metavar='MODEL', type=Path, help='Hugging Face causal LM folder')
-    parser.add_argument('output_dir', metavar='OUT_DIR', type=Path, help='folder for the pruned model')
-    parser.add_argument('--data', type=Path, help='prepare-data output; calibration samples come from train/')
-    parser.add_argument('--domains', type=comma_separated, help='comma-separated domains (default: all)')
-    parser.add_argument('--target', required=True, type=parse_target,
-                        help='target shape in HF config names, e.g. hidden_size=384,num_attention_heads=6,'
-                        'num_key_value_heads=3,intermediate_size=1024,num_hidden_layers=20')
-    parser.add_argument('--pruning-modules', type=comma_separated, default=list(DEFAULT_PRUNING_MODULES),
-                        help=f'mask kinds among {",".join(PRUNING_MODULES)} (default: all)')
-    parser.add_argument('--importance', choices=IMPORTANCE_METHODS, default='activation')
-    parser.add_argument('--calibration-samples', type=int, default=64, help='samples to score on (default: 64)')
-    parser.add_argument('--seq-len', type=int, help='tokens per calibration sample (default: the data\'s)')
-    parser.add_argument('--batch-size', type=int, default=4, help='samples per forward pass (default: 4)')
-    parser.add_argument('--dtype', choices=sorted(DTYPES), default='bf16', help='weights of the written model')
-    parser.add_argument('--overwrite', action='store_true', help='replace files in a non-empty output folder')
-    parser.set_defaults(run=prune_oneshot)

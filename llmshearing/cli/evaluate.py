@@ -1,0 +1,59 @@
+"""``llmshearing evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from llmshearing.choices import (
+    DEFAULT_EVAL_BATCH_SIZE,
+    DEFAULT_EVAL_DEVICE,
+    DEFAULT_EVAL_DTYPE,
+    DEFAULT_EVAL_SEED,
+    EVAL_DTYPES,
+)
+from llmshearing.cli.arguments import set_run
+from llmshearing.evaluation.tasks import PAPER_TASKS
+
+DESCRIPTION = """\
+Downstream accuracy of Hugging Face models with lm-evaluation-harness, offline.
+
+Each model is evaluated on the same rows of each task (a seeded subset with --limit); the result is a JSON file, a
+markdown table beside it, a PNG bar chart with two or more models, and every row's scores as jsonl."""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        'evaluate', help='downstream task accuracy of Hugging Face models (lm-evaluation-harness, offline)',
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('models', metavar='MODEL', nargs='+', help='Hugging Face causal LM folders')
+    parser.add_argument(
+        '--tasks', required=True,
+        help=f"paper (each of {', '.join(PAPER_TASKS)} that --task-dir holds, with the paper's shots and metric) "
+        'or a comma-separated list of names; NAME is TASK_DIR/NAME.jsonl',
+    )
+    parser.add_argument('--task-dir', required=True, type=Path, help='folder of task files in llm-foundry ICL format')
+    parser.add_argument('--limit', type=int, help='evaluate this many rows per task, drawn with --seed (default: all)')
+    parser.add_argument('--seed', type=int, default=DEFAULT_EVAL_SEED,
+                        help=f'seed of the row subset and the few-shot examples (default: {DEFAULT_EVAL_SEED})')
+    parser.add_argument('--num-fewshot', type=int, help="shots for every task (default: each task's own)")
+    parser.add_argument('--batch-size', type=int, default=DEFAULT_EVAL_BATCH_SIZE,
+                        help=f'requests per forward pass (default: {DEFAULT_EVAL_BATCH_SIZE})')
+    parser.add_argument('--device', default=DEFAULT_EVAL_DEVICE, help=f'cpu or cuda (default: {DEFAULT_EVAL_DEVICE})')
+    parser.add_argument('--dtype', choices=EVAL_DTYPES, default=DEFAULT_EVAL_DTYPE,
+                        help=f'dtype of the models while evaluating (default: {DEFAULT_EVAL_DTYPE})')
+    parser.add_argument('--out', required=True, type=Path,
+                        help='FILE.json; FILE.md, FILE.png and FILE.samples.jsonl go beside it')
+    parser.add_argument('--overwrite', action='store_true', help='replace existing output files')
+    set_run(parser, run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from llmshearing.commands.evaluate import evaluate
+
+    evaluate(
+        args.models, args.tasks, args.task_dir, args.out, limit=args.limit, seed=args.seed,
+        num_fewshot=args.num_fewshot, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
+        overwrite=args.overwrite,
+    )

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf as om
 from transformers import AutoConfig, AutoTokenizer
 
 from llmshearing.distillation.algorithm import Distillation, check_teacher_matches
+from llmshearing.pruning.algorithm import Shearing
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.shape import ModelShape
 
@@ -58,7 +59,7 @@ def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
         try:
             L0Module(
                 ModelShape.from_config(model_config),
-                shearing.get('pruning_modules', ('layer', 'head', 'intermediate', 'hidden')),
+                shearing.get('pruning_modules'),
                 shearing.get('target'),
                 shearing.get('target_sparsity'),
             )
@@ -69,17 +70,24 @@ def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
         check_teacher_matches(distillation['teacher'], model_config, tokenizer)
 
 
-def _check_distillation_settings(train_config: TrainConfig) -> None:
-    distillation = (train_config.algorithms or {}).get('distillation')
-    if distillation is None:
-        return
-    settings = inspect.signature(Distillation).parameters
-    for key in distillation:
-        if key not in settings:
-            raise ValueError(f'algorithms.distillation.{key} is not a setting; the settings are {", ".join(settings)}')
-    if distillation.get('teacher') is None:
-        raise ValueError('algorithms.distillation.teacher is required: the folder of the teacher HF model')
-    Distillation(**distillation)
+ALGORITHMS = {'shearing': Shearing, 'distillation': Distillation}
+"""The algorithms of this package, by their ``algorithms.<name>`` key."""
+
+
+def _check_algorithm_settings(train_config: TrainConfig) -> None:
+    """Build each of this package's algorithms from its settings: the algorithm's own checks, before the model
+    loads; a key that is not a setting is named."""
+    for name, algorithm in ALGORITHMS.items():
+        settings = (train_config.algorithms or {}).get(name)
+        if settings is None:
+            continue
+        parameters = inspect.signature(algorithm).parameters
+        for key in settings:
+            if key not in parameters:
+                raise ValueError(f'algorithms.{name}.{key} is not a setting; the settings are {", ".join(parameters)}')
+        if name == 'distillation' and settings.get('teacher') is None:
+            raise ValueError('algorithms.distillation.teacher is required: the folder of the teacher HF model')
+        algorithm(**settings)
 
 
 def _check_data(train_config: TrainConfig) -> None:
@@ -109,10 +117,10 @@ def _check_checkpoints(train_config: TrainConfig) -> None:
 
 
 def check_train_config(config: DictConfig) -> TrainConfig:
-    """Validate keys (llm-foundry's own check), paths, the model/tokenizer pair, the pruning target and the
-    distillation settings and teacher."""
+    """Validate keys (llm-foundry's own check), the settings of this package's algorithms, paths, the model/tokenizer
+    pair, the pruning target and the distillation teacher."""
     _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
-    _check_distillation_settings(train_config)
+    _check_algorithm_settings(train_config)
     _check_model_and_tokenizer(train_config)
     _check_data(train_config)
     _check_checkpoints(train_config)

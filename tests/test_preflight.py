@@ -44,6 +44,8 @@ def test_the_tiny_recipe_passes(assets):
         (['algorithms.shearing.target.hidden_size=128'], ValueError, "algorithms.shearing: target hidden_size=128 is larger than the source model's 64"),
         (['algorithms.shearing.pruning_modules=[layer]'], ValueError, "algorithms.shearing: target num_attention_heads=2 differs from the source's 4"),
         (['max_sequence_length=8'], ValueError, 'max_sequence_length'),
+        (['algorithms.shearing.lag_lr=0'], ValueError, 'algorithms.shearing.lag_lr must be positive, got 0'),
+        (['algorithms.shearing.lag_rate=1'], ValueError, 'algorithms.shearing.lag_rate is not a setting'),
     ],
 )
 def test_bad_settings_name_their_key(assets, overrides, error, message):

@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog='llmshearing', description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument('--log-level', default='INFO', help='Python log level (default: INFO)')
+    parser.add_argument('--log-level', default='INFO', help='log level: DEBUG, INFO, WARNING or ERROR (default: INFO)')
     subparsers = parser.add_subparsers(dest='command', required=True, metavar='COMMAND')
     for command in COMMANDS:
         command.add_parser(subparsers)

@@ -31,7 +31,7 @@ setup(
         'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={
-        'dev': ['pytest', 'gguf'],  # gguf: loading the SmolLM2 test asset
+        'dev': ['pytest', 'gguf'],  # gguf: scripts/assets/smollm2.py loads the SmolLM2 test asset
         'gpu': ['flash-attn'],
     },
     entry_points={

@@ -10,7 +10,7 @@ import torch
 from streaming.base.shared.memory import SharedMemory as StreamingSharedMemory
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from llmshearing.smollm2 import smollm2_folder
+from scripts.assets.smollm2 import smollm2_folder
 
 VOCAB_SIZE = 96
 

@@ -1,21 +1,19 @@
-"""The shearing-vs-scratch experiment (``scripts/experiments/shearing_vs_scratch.py``), in a setting smaller than
+"""The shearing-vs-scratch experiment (``scripts.experiments.shearing_vs_scratch``), in a setting smaller than
 ``--quick`` and with one seed, runs every stage on the shared RedPajama sample and reports only finite numbers."""
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from scripts.experiments import shearing_vs_scratch as experiment
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / 'scripts' / 'experiments' / 'shearing_vs_scratch.py'
 SHARED = REPO.parent / 'shared'
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
@@ -28,17 +26,7 @@ pytestmark = [
 ]
 
 
-def load_experiment() -> ModuleType:
-    """The experiment script as a module (registered, as its dataclasses need)."""
-    spec = importlib.util.spec_from_file_location('shearing_vs_scratch', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
-    experiment = load_experiment()
     smallest = dataclasses.replace(
         experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, source_evaluations=2,
         pruning_batches=4, continued_batches=4, evaluations_per_stage=1,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,18 +12,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from scripts.gpu import check
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _load_check():
-    spec = importlib.util.spec_from_file_location('gpu_check', REPO / 'scripts' / 'gpu' / 'check.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-check = _load_check()
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from composer import Trainer
-from composer.models import HuggingFaceModel
 from composer.loggers import InMemoryLogger
+from composer.models import HuggingFaceModel
 from conftest import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader

@@ -1,25 +1,24 @@
-"""The real-model experiment (``scripts/experiments/real_model.py``) with ``--quick`` and one seed runs every stage on
+"""The real-model experiment (``scripts.experiments.real_model``) with ``--quick`` and one seed runs every stage on
 SmolLM2-135M and the shared RedPajama sample and tasks, and reports only finite numbers."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from scripts.experiments import real_model as experiment
+from scripts.experiments.common import StageLedger, TrainingRun
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / 'scripts' / 'experiments' / 'real_model.py'
 SHARED = REPO.parent / 'shared'
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
@@ -30,15 +29,6 @@ pytestmark = [
         reason='needs ../shared/data/redpajama-sample and ../shared/data/eval-tasks',
     ),
 ]
-
-
-def load_experiment() -> ModuleType:
-    """The experiment script as a module (registered, as its dataclasses need)."""
-    spec = importlib.util.spec_from_file_location('real_model', SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def numbers(value: Any) -> Iterator[float]:
@@ -54,7 +44,6 @@ def numbers(value: Any) -> Iterator[float]:
 
 
 def test_shearing_init_parses_every_start_and_always_names_init():
-    experiment = load_experiment()
     # The tiny recipe starts from importance: a uniform start has to say init=uniform, not only the drop rate.
     assert experiment.ShearingInit.parse('uniform:0.01').overrides(Path('i.json')) == (
         'algorithms.shearing.init=uniform', 'algorithms.shearing.droprate_init=0.01',
@@ -70,16 +59,15 @@ def test_shearing_init_parses_every_start_and_always_names_init():
 
 
 def test_ledger_skips_finished_steps_and_redoes_an_interrupted_one(tmp_path):
-    experiment = load_experiment()
     ledger_file = tmp_path / 'stages.jsonl'
     calls = []
-    ledger = experiment.StageLedger(ledger_file, 'commit-a')
+    ledger = StageLedger(ledger_file, 'commit-a')
     ledger.run('first', 3, lambda: calls.append('first') or (tmp_path / 'first').mkdir(), tmp_path / 'first')
     leftover = tmp_path / 'second'
     leftover.mkdir()
     (leftover / 'partial.bin').write_text('from a killed run')
 
-    resumed = experiment.StageLedger(ledger_file, 'commit-b')
+    resumed = StageLedger(ledger_file, 'commit-b')
     resumed.run('first', 3, lambda: calls.append('first again'), tmp_path / 'first')
     resumed.run('second', 5, lambda: calls.append('second') or leftover.mkdir(), leftover)
 
@@ -91,7 +79,6 @@ def test_ledger_skips_finished_steps_and_redoes_an_interrupted_one(tmp_path):
 
 
 def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empty_folder(tmp_path):
-    experiment = load_experiment()
     task_dir = tmp_path / 'tasks'
     task_dir.mkdir()
     importance = experiment.ShearingInit('importance')
@@ -120,8 +107,7 @@ def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empt
 
 
 def test_a_failing_stage_names_itself_and_its_command(tmp_path):
-    experiment = load_experiment()
-    stage = experiment.Stage('pruning (sheared, seed 1)', 'missing.yaml', tmp_path, 2, ('seed=1',), tmp_path / 'final')
+    stage = TrainingRun('pruning (sheared, seed 1)', 'missing.yaml', tmp_path, 2, ('seed=1',), tmp_path / 'final')
     with pytest.raises(RuntimeError, match=re.escape('stage pruning (sheared, seed 1) failed with exit status 1: composer train.py yamls/tiny/missing.yaml seed=1')):
         stage.run()
 
@@ -131,7 +117,6 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
     reason='about 5 minutes on 2 quiet cores (SmolLM2 through eleven steps): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
 )
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
-    experiment = load_experiment()
     output_dir = tmp_path / 'run'
     experiment.main(['--quick', '--seeds', '1', '--output', str(output_dir)])
 

@@ -12,7 +12,7 @@ Memory: on one long, large-vocabulary microbatch of logits (``--memory-seq-len``
 (transformers' causal-LM cross-entropy, which upcasts the logits to fp32) and of ``kd_loss`` (chunked, and with
 ``chunk_size=None``), beyond the logits themselves (RSS high-water mark on CPU, allocator peak on CUDA).
 
-    .venv/bin/python scripts/bench/distillation_step.py [--device cuda --dtype bf16]
+    .venv/bin/python -m scripts.bench.distillation_step [--device cuda --dtype bf16]
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from pruning_step import DTYPES, timed
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.loss.loss_utils import ForCausalLMLoss
 
 from llmshearing.distillation import distill_loss, kd_loss
 from llmshearing.distillation.loss import DEFAULT_CHUNK_SIZE
+from scripts.bench.pruning_step import DTYPES, timed
 
 
 def llama(vocab_size: int, hidden_size: int, layers: int) -> LlamaConfig:

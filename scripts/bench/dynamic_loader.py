@@ -10,7 +10,7 @@ reads ``--batches`` batches from a fresh iterator (worker start included).
 State size: the pickled ``state_dict`` after 10³ and 10⁶ samples of the sequence, with the same 10 proportion
 changes (the sequence is advanced by ``sample_ids``, without reading the tokens).
 
-    .venv/bin/python scripts/bench/dynamic_loader.py
+    .venv/bin/python -m scripts.bench.dynamic_loader
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ Both run on the same model, batch and logits-producing forward (``eval_forward``
 which llm-foundry's ``hf_causal_lm`` is), interleaved in one process so that machine noise hits them alike. Printed:
 the median seconds per eval batch of each, the forward alone, and before / after (medians of the per-repeat ratios).
 
-    .venv/bin/python scripts/bench/eval_batch.py [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6]
+    .venv/bin/python -m scripts.bench.eval_batch [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6]
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import HuggingFaceModel
 from llmfoundry.metrics import TokenAccuracy
-from pruning_step import DTYPES, interleaved_times
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmshearing.callbacks.dynamic_loading import domain_loss_sums, next_token_targets
 from llmshearing.metrics import DomainCrossEntropy
+from scripts.bench.pruning_step import DTYPES, interleaved_times
 
 NUM_DOMAINS = 7
 

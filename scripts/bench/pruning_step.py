@@ -4,7 +4,7 @@ Both steps (forward, backward, AdamW step; the pruning step's optimizer holds th
 run interleaved in one process, so machine noise hits both alike; the figure is the median of the per-repeat
 ratios. The physical limit is 1.0: the masks add O(tokens * width) work to O(tokens * width^2) matmuls.
 
-    .venv/bin/python scripts/bench/pruning_step.py [--device cuda --dtype bf16]
+    .venv/bin/python -m scripts.bench.pruning_step [--device cuda --dtype bf16]
 """
 
 from __future__ import annotations

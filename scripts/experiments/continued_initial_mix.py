@@ -7,7 +7,7 @@ the demo's settings and reference losses. It prints each run's per-domain eval l
 over the domains for each seed.
 
     .venv/bin/llmshearing demo --output outputs/demo
-    .venv/bin/python scripts/experiments/continued_initial_mix.py outputs/demo [--quick] [--seeds 1 2 3]
+    .venv/bin/python -m scripts.experiments.continued_initial_mix outputs/demo [--quick] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -20,7 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from llmshearing.demo import DOMAINS, FINAL_MODEL, FULL, QUICK, TORCH_THREADS, TrainingStage, reference_override, torch_threads
+from llmshearing.demo import (
+    DOMAINS,
+    FINAL_MODEL,
+    FULL,
+    QUICK,
+    TORCH_THREADS,
+    TrainingStage,
+    reference_override,
+    torch_threads,
+)
 
 log = logging.getLogger('continued_initial_mix')
 

@@ -1,6 +1,6 @@
 """Which pruning gives the best small model from a real pretrained one? SmolLM2-135M sheared vs importance-pruned.
 
-Source S: SmolLM2-135M-Instruct (``llmshearing.smollm2.smollm2_folder``): hidden 576, 9 heads / 3 kv heads, MLP 1536,
+Source S: SmolLM2-135M-Instruct (``scripts.assets.smollm2.smollm2_folder``): hidden 576, 9 heads / 3 kv heads, MLP 1536,
 30 layers, tied embeddings. Target T: hidden 384, 6 heads / 3 kv heads, MLP 1024, 20 layers (every mask kind in
 play: layers, query heads, MLP channels, hidden width; the 3 kv heads stay). Data: the RedPajama sample (7 domains)
 prepared with S's tokenizer (``prepare-data``), its held-out eval split. Arms, every small model getting the same
@@ -24,16 +24,12 @@ Measures of every model: per-domain and mean held-out LM loss; ``evaluate_models
 shared tasks, 0-shot, on one seeded subset of ``task_limit`` rows per task for every model; the average accuracy;
 parameters; the throughput of a batched forward and of greedy generation on CPU, relative to S.
 
-Sizing, measured on 2 quiet cores with FULL (batches of 4 × 256 tokens, 20 pruning + 40 continued batches, 61,440
-tokens per small model): a pruning stage 5.7–6.9 min, a continued stage of T 3.1–3.8 min (40 batches) or 4.2–4.4 min
-(60), with distillation 4.6–4.9 min (40) or 6.3 min (60), scratch 4.2–4.9 min; 39–40 min of stages per seed with
-``--scratch``; held-out losses of 18 models 6.7 min and the lm-eval subset (7 tasks × 40 rows) 8.8 min: 96 min in all
-for 2 seeds. The ``--quick`` setting (samples of 128 tokens, batches of 2, 3 + 3 batches, 4 rows of 2 tasks) takes 4
-min 40 s with one seed on 2 quiet cores (its test). Each training stage runs ``train.py`` in its own process;
-``stages.jsonl`` in the output folder records the finished ones and ``setup.json`` its settings; ``--resume``
-continues an interrupted run with the same settings.
+The ``--quick`` setting runs every stage on samples of 128 tokens, batches of 2, 3 + 3 batches and 4 rows of 2
+tasks. Each training stage runs ``train.py`` in its own process; ``stages.jsonl`` in the output folder records the
+finished ones and ``setup.json`` its settings; ``--resume`` continues an interrupted run with the same settings. How
+long the stages take: ``docs/results/real_model/README.md``. From the repository root:
 
-    .venv/bin/python scripts/experiments/real_model.py [--quick] [--output DIR] [--seeds 1 2] [--shearing-init all_kept]
+    .venv/bin/python -m scripts.experiments.real_model [--quick] [--output DIR] [--seeds 1 2] [--shearing-init all_kept]
         [--scratch] [--threads 2] [--resume]
 """
 
@@ -41,11 +37,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import math
 import shlex
-import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -54,37 +47,41 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from shearing_vs_scratch import (  # noqa: E402
+from llmshearing import report
+from llmshearing.evaluation import evaluate_models, write_outputs
+from llmshearing.pruning.shape import ModelShape
+from scripts.assets.smollm2 import smollm2_folder
+from scripts.experiments.common import (
     DATA,
     DOMAINS,
-    FINAL_MODEL,
     REPO,
-    Stage,
-    common_overrides,
-    eval_curve,
+    StageLedger,
+    TrainingRun,
+    TrainingSettings,
+    check_empty,
+    check_target_shape,
+    continued_run,
+    curves_as_lists,
     evaluate,
+    experiment_parser,
     git_commit,
     mean_and_spread,
+    mean_loss,
     natural_mix,
     plot_loss_against_tokens,
+    prepare_domains,
+    print_report,
+    pruning_run,
     reference_override,
+    run_llmshearing,
+    runs_curve,
+    scratch_run,
     stages_and_commands,
-    training_tokens,
+    start,
     write_results,
 )
-
-from llmshearing import report  # noqa: E402
-from llmshearing.cli import build_parser  # noqa: E402
-from llmshearing.data.prepare import prepare_data  # noqa: E402
-from llmshearing.evaluation import evaluate_models, write_outputs  # noqa: E402
-from llmshearing.pruning.shape import ModelShape  # noqa: E402
-from llmshearing.smollm2 import smollm2_folder  # noqa: E402
-
-log = logging.getLogger('real_model')
 
 TASK_DIR = REPO.parent / 'shared' / 'data' / 'eval-tasks'
 TARGET_SHAPE = dict(hidden_size=384, num_attention_heads=6, num_key_value_heads=3, intermediate_size=1024, num_hidden_layers=20)
@@ -115,38 +112,23 @@ CURVES = {
 
 
 @dataclass(frozen=True)
-class Settings:
-    """Data, training batches (of ``batch_size`` × ``seq_len`` tokens), the task subset and the throughput shapes."""
+class RealModelSettings(TrainingSettings):
+    """Besides the training sizes: the one-shot arm's calibration samples, the task subset (``task_limit`` rows of
+    each of ``tasks``) and the throughput shapes."""
 
-    seq_len: int
-    batch_size: int
-    eval_samples: int
-    max_docs_per_domain: int | None
-    pruning_batches: int
-    continued_batches: int
-    evaluations_per_stage: int
-    warmup_fraction: float
     calibration_samples: int
     task_limit: int
     tasks: str
     throughput_batch: int
     generated_tokens: int
 
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.seq_len * self.batch_size
 
-    @property
-    def small_model_batches(self) -> int:
-        return self.pruning_batches + self.continued_batches
-
-
-QUICK = Settings(
+QUICK = RealModelSettings(
     seq_len=128, batch_size=2, eval_samples=4, max_docs_per_domain=20, pruning_batches=3, continued_batches=3,
     evaluations_per_stage=1, warmup_fraction=0.05, calibration_samples=8, task_limit=4, tasks='arc_easy,piqa',
     throughput_batch=2, generated_tokens=8,
 )
-FULL = Settings(
+FULL = RealModelSettings(
     seq_len=256, batch_size=4, eval_samples=16, max_docs_per_domain=None, pruning_batches=20, continued_batches=40,
     evaluations_per_stage=4, warmup_fraction=0.05, calibration_samples=64, task_limit=40, tasks='paper',
     throughput_batch=8, generated_tokens=32,
@@ -189,96 +171,40 @@ class ShearingInit:
         return f'uniform:{self.droprate}' if self.kind == 'uniform' else self.kind
 
 
-class StageLedger:
-    """The experiment's finished steps, one JSON line each in ``stages.jsonl`` (name, batches, wall seconds, commit):
-    ``--resume`` skips them and redoes an interrupted step from the start."""
-
-    def __init__(self, path: Path, commit: str) -> None:
-        self.path = path
-        self.commit = commit
-        lines = path.read_text().splitlines() if path.exists() else []
-        self.entries = {entry['name']: entry for entry in map(json.loads, lines)}
-
-    def run(self, name: str, batches: int, action: Callable[[], Any], output: Path) -> None:
-        """Run ``action``, which writes ``output``, unless the ledger has ``name``; first remove ``output`` if an
-        interrupted run left it."""
-        if name in self.entries:
-            log.info('%s: finished in an earlier run (%s)', name, self.path)
-            return
-        if output.exists():
-            log.warning('%s: removing %s, left by an interrupted run', name, output)
-            if output.is_dir():
-                shutil.rmtree(output)
-            else:
-                output.unlink()
-        started = time.monotonic()
-        action()
-        entry = {'name': name, 'batches': batches, 'wall_seconds': time.monotonic() - started, 'commit': self.commit}
-        with self.path.open('a') as ledger:
-            ledger.write(json.dumps(entry) + '\n')
-        self.entries[name] = entry
-
-    @property
-    def stages(self) -> list[dict[str, Any]]:
-        return list(self.entries.values())
-
-
 def pruning_stage(
-    settings: Settings, data_dir: Path, source: Path, run_dir: Path, seed: int, mix: Sequence[float], reference: str,
-    init_overrides: Sequence[str], label: str,
-) -> Stage:
-    """Pruning S to T with doremi domain weights; the exported model ends in ``final_model``."""
-    pruning_dir = run_dir / 'pruning'
-    pruned_model = pruning_dir / FINAL_MODEL
-    return Stage(
-        f'pruning ({label}, seed {seed})', 'pruning.yaml', pruning_dir, settings.pruning_batches,
-        (
-            *common_overrides(settings, source, data_dir, pruning_dir, settings.pruning_batches, seed, mix),
-            f'optimizer.lr={PRETRAINED_LEARNING_RATE}',
-            *(f'algorithms.shearing.target.{field}={size}' for field, size in TARGET_SHAPE.items()),
-            f'algorithms.shearing.lagrangian_warmup={max(settings.pruning_batches // 3, 1)}ba',
-            f'algorithms.shearing.export_dir={pruned_model}', 'algorithms.shearing.export_dtype=fp32',
-            *init_overrides, reference,
-        ),
-        pruned_model,
+    settings: RealModelSettings, data_dir: Path, source: Path, run_dir: Path, seed: int, mix: Sequence[float],
+    reference: str, init_overrides: Sequence[str], label: str,
+) -> TrainingRun:
+    """Pruning S to T with doremi domain weights, masks starting as ``init_overrides`` say."""
+    return pruning_run(
+        settings, f'pruning ({label}, seed {seed})', source, data_dir, run_dir, seed, mix, TARGET_SHAPE,
+        (f'optimizer.lr={PRETRAINED_LEARNING_RATE}', *init_overrides, reference),
     )
 
 
 def continued_stage(
-    settings: Settings, data_dir: Path, model: Path, output_dir: Path, batches: int, seed: int, mix: Sequence[float],
-    reference: str, label: str, teacher: Path | None = None, pruning_dir: Path | None = None,
-) -> Stage:
+    settings: RealModelSettings, data_dir: Path, model: Path, output_dir: Path, batches: int, seed: int,
+    mix: Sequence[float], reference: str, label: str, teacher: Path | None = None, pruning_dir: Path | None = None,
+) -> TrainingRun:
     """Continued pre-training of ``model`` (doremi), distilled from ``teacher`` if given, from the domain weights
     ``pruning_dir``'s run ended with if given (else from ``mix``)."""
-    overrides = [
-        *common_overrides(settings, model, data_dir, output_dir, batches, seed, mix), f'optimizer.lr={PRETRAINED_LEARNING_RATE}',
-        reference,
-    ]
-    if pruning_dir is not None:
-        overrides.append(f'callbacks.dynamic_loading.initial_proportions={pruning_dir}')
-    if teacher is not None:
-        overrides.append(f'variables.teacher_path={teacher}')
-    yaml_name = 'continued_pretraining.yaml' if teacher is None else 'continued_pretraining_distillation.yaml'
-    return Stage(f'continued pre-training ({label}, seed {seed})', yaml_name, output_dir, batches, tuple(overrides), output_dir / FINAL_MODEL)
-
-
-def scratch_stage(settings: Settings, data_dir: Path, source: Path, output_dir: Path, seed: int, mix: Sequence[float]) -> Stage:
-    """T's shape from random weights on the fixed ``mix`` for the small models' batches (``yamls/tiny/source.yaml``)."""
-    initial_model = output_dir.parent / 'scratch_init'
-    AutoConfig.from_pretrained(source, **TARGET_SHAPE).save_pretrained(initial_model)
-    AutoTokenizer.from_pretrained(source).save_pretrained(initial_model)
-    batches = settings.small_model_batches
-    return Stage(
-        f'scratch (seed {seed})', 'source.yaml', output_dir, batches,
-        (
-            *common_overrides(settings, initial_model, data_dir, output_dir, batches, seed, mix),
-            f'scheduler.t_warmup={max(round(batches * settings.warmup_fraction), 1)}ba',
-        ),
-        output_dir / FINAL_MODEL,
+    return continued_run(
+        settings, f'continued pre-training ({label}, seed {seed})', model, data_dir, output_dir, batches, seed, mix,
+        (f'optimizer.lr={PRETRAINED_LEARNING_RATE}', reference), pruning_dir=pruning_dir, teacher=teacher,
     )
 
 
-def prune_oneshot_command(settings: Settings, source: Path, data_dir: Path, output_dir: Path) -> list[str]:
+def scratch_stage(
+    settings: RealModelSettings, data_dir: Path, source: Path, output_dir: Path, seed: int, mix: Sequence[float],
+) -> TrainingRun:
+    """T's shape from random weights on the fixed ``mix`` for the small models' batches."""
+    initial_model = output_dir.parent / 'scratch_init'
+    AutoConfig.from_pretrained(source, **TARGET_SHAPE).save_pretrained(initial_model)
+    AutoTokenizer.from_pretrained(source).save_pretrained(initial_model)
+    return scratch_run(settings, f'scratch (seed {seed})', initial_model, data_dir, output_dir, settings.small_model_batches, seed, mix)
+
+
+def prune_oneshot_command(settings: RealModelSettings, source: Path, data_dir: Path, output_dir: Path) -> list[str]:
     """``llmshearing prune-oneshot`` arguments: activation importance on calibration samples, fp32 weights."""
     target = ','.join(f'{field}={size}' for field, size in TARGET_SHAPE.items())
     return [
@@ -299,31 +225,36 @@ def best_seconds(action: Callable[[], Any], repeats: int) -> float:
     return min(timings)
 
 
-def inference_throughput(model_dirs: dict[str, Path], settings: Settings, repeats: int = 3) -> dict[str, dict[str, float]]:
+def model_throughput(
+    folder: Path, settings: RealModelSettings, generator: torch.Generator, repeats: int,
+) -> dict[str, float]:
     """Tokens per second of a batched forward (``throughput_batch`` × ``seq_len``) and of greedy generation
-    (``throughput_batch`` prompts of 32 tokens, ``generated_tokens`` new ones), fp32 on CPU, the best of ``repeats``."""
+    (``throughput_batch`` prompts of 32 tokens, ``generated_tokens`` new ones) of the model in ``folder``, fp32 on
+    CPU, the best of ``repeats``."""
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    batch = torch.randint(model.config.vocab_size, (settings.throughput_batch, settings.seq_len), generator=generator)
+    prompts = batch[:, :32]
+    with torch.no_grad():
+        forward = best_seconds(lambda: model(input_ids=batch), repeats)
+        generation = best_seconds(
+            lambda: model.generate(
+                prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=settings.generated_tokens,
+                min_new_tokens=settings.generated_tokens, do_sample=False, pad_token_id=0,
+            ),
+            repeats,
+        )
+    return {
+        'forward_tokens_per_second': batch.numel() / forward,
+        'generated_tokens_per_second': prompts.shape[0] * settings.generated_tokens / generation,
+    }
+
+
+def inference_throughput(
+    model_dirs: dict[str, Path], settings: RealModelSettings, repeats: int = 3,
+) -> dict[str, dict[str, float]]:
+    """``model_throughput`` of each model, one loaded at a time, from one seeded generator of inputs."""
     generator = torch.Generator().manual_seed(0)
-    throughput = {}
-    for name, folder in model_dirs.items():
-        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
-        vocab_size = model.config.vocab_size
-        batch = torch.randint(vocab_size, (settings.throughput_batch, settings.seq_len), generator=generator)
-        prompts = batch[:, :32]
-        with torch.no_grad():
-            forward = best_seconds(lambda: model(input_ids=batch), repeats)
-            generation = best_seconds(
-                lambda: model.generate(
-                    prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=settings.generated_tokens,
-                    min_new_tokens=settings.generated_tokens, do_sample=False, pad_token_id=0,
-                ),
-                repeats,
-            )
-        throughput[name] = {
-            'forward_tokens_per_second': batch.numel() / forward,
-            'generated_tokens_per_second': prompts.shape[0] * settings.generated_tokens / generation,
-        }
-        del model
-    return throughput
+    return {name: model_throughput(folder, settings, generator, repeats) for name, folder in model_dirs.items()}
 
 
 def average_stderr(tasks: dict[str, dict[str, Any]]) -> float:
@@ -476,20 +407,8 @@ def render_report(results: dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
-def check_finite(value: Any, path: str = 'results') -> None:
-    """Raise ``ValueError`` naming the first number inside ``value`` (JSON-like results) that is not finite."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_finite(item, f'{path}.{key}')
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_finite(item, f'{path}[{index}]')
-    elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f'{path} is {value}')
-
-
 def run_experiment(
-    output_dir: Path, settings: Settings, seeds: Sequence[int], command: str, shearing_init: ShearingInit,
+    output_dir: Path, settings: RealModelSettings, seeds: Sequence[int], command: str, shearing_init: ShearingInit,
     scratch: bool = False, data: Path = DATA, task_dir: Path = TASK_DIR, source: Path | None = None, resume: bool = False,
 ) -> Path:
     """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
@@ -506,8 +425,8 @@ def run_experiment(
         changed = sorted(key for key in setup if recorded.get(key) != setup[key])
         if changed:
             raise ValueError(f'--resume: {", ".join(changed)} differ from the interrupted run\'s ({setup_file}); resume with its arguments')
-    elif output_dir.exists() and any(output_dir.iterdir()):
-        raise FileExistsError(f'output folder {output_dir} is not empty; choose another with --output, or continue it with --resume')
+    else:
+        check_empty(output_dir, 'choose another with --output, or continue it with --resume')
     if not task_dir.is_dir():
         raise FileNotFoundError(f'task folder {task_dir} does not exist')
     started = time.monotonic()
@@ -518,11 +437,7 @@ def run_experiment(
     ledger = StageLedger(ledger_file, commit)
 
     data_dir = output_dir / 'data'
-    ledger.run('prepare data', 0, lambda: prepare_data(
-        data, data_dir, source, settings.seq_len, eval_samples=settings.eval_samples, domains=DOMAINS,
-        max_docs_per_domain=settings.max_docs_per_domain,
-    ), data_dir)
-    mix = natural_mix(training_tokens(data_dir))
+    mix = natural_mix(prepare_domains(ledger, settings, data, source, data_dir))
     source_losses_file = output_dir / 'source_losses.json'
     ledger.run('held-out losses of S', 0, lambda: evaluate(source, data_dir, source_losses_file), source_losses_file)
     source_losses = json.loads(source_losses_file.read_text())
@@ -530,21 +445,20 @@ def run_experiment(
 
     oneshot_dir = output_dir / 'oneshot' / 'pruned'
     oneshot_arguments = prune_oneshot_command(settings, source, data_dir, oneshot_dir)
-    oneshot_args = build_parser().parse_args(oneshot_arguments)
-    ledger.run('prune-oneshot (activation)', 0, lambda: oneshot_args.run(oneshot_args), oneshot_dir)
+    ledger.run('prune-oneshot (activation)', 0, lambda: run_llmshearing(oneshot_arguments), oneshot_dir)
     importance_file = oneshot_dir / 'importance.json'
 
     model_dirs: dict[str, list[Path]] = {name: [] for name in MODELS}
     model_dirs['source'].append(source)
     model_dirs['oneshot_pruned'].append(oneshot_dir)
     stage_commands = [shlex.join(['llmshearing', *oneshot_arguments])]
-    stages_by_seed: dict[int, dict[str, Stage]] = {}
+    runs_by_seed: dict[int, dict[str, TrainingRun]] = {}
     inits = {'sheared': shearing_init.overrides(importance_file)}
     if shearing_init.kind != 'importance':
         inits['sheared_importance_init'] = ShearingInit('importance').overrides(importance_file)
     for seed in seeds:
         seed_dir = output_dir / f'seed_{seed}'
-        named: dict[str, Stage] = {}
+        named: dict[str, TrainingRun] = {}
         for arm, init_overrides in inits.items():
             pruning = pruning_stage(settings, data_dir, source, seed_dir / arm, seed, mix, reference, init_overrides, arm)
             named[f'{arm}_pruned'] = pruning
@@ -564,32 +478,22 @@ def run_experiment(
             )
         if scratch:
             named['scratch'] = scratch_stage(settings, data_dir, source, seed_dir / 'scratch', seed, mix)
-        for name, stage in named.items():
-            ledger.run(stage.name, stage.batches, stage.run, stage.output_dir)
-            model_dirs[name].append(stage.final_model)
-            stage_commands.append(stage.command)
-        stages_by_seed[seed] = named
-
-    stage_log = ledger.stages
-
-    def timed(name: str, action: Callable[[], Any]) -> Any:
-        """``action()``, its wall seconds logged as a stage (the measuring steps, redone by ``--resume``)."""
-        started = time.monotonic()
-        value = action()
-        stage_log.append({'name': name, 'batches': 0, 'wall_seconds': time.monotonic() - started, 'commit': commit})
-        return value
+        for name, run in named.items():
+            model_dirs[name].append(ledger.train(run))
+            stage_commands.append(run.command)
+        runs_by_seed[seed] = named
 
     def held_out_losses() -> dict[str, list[dict[str, Any]]]:
         evaluations: dict[str, list[dict[str, Any]]] = {name: [] for name in MODELS}
         for name, folders in model_dirs.items():
             for folder in folders:
                 losses = source_losses if name == 'source' else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
-                evaluations[name].append(losses | {'mean_loss': report.ModelSummary.from_evaluation(name, losses).mean_loss})
+                evaluations[name].append(losses | {'mean_loss': mean_loss(losses)})
         return evaluations
 
     all_folders = [folder for folders in model_dirs.values() for folder in folders]
-    evaluations = timed(f'held-out losses ({len(all_folders) - 1} models)', held_out_losses)
-    downstream, records = timed(f'evaluate ({len(all_folders)} models)', lambda: evaluate_models(
+    evaluations = ledger.timed(f'held-out losses ({len(all_folders) - 1} models)', held_out_losses)
+    downstream, records = ledger.timed(f'evaluate ({len(all_folders)} models)', lambda: evaluate_models(
         all_folders, settings.tasks, task_dir, limit=settings.task_limit, seed=TASK_SEED, num_fewshot=0,
     ))
     write_outputs(downstream, records, output_dir / 'downstream' / 'tasks.json')
@@ -597,15 +501,12 @@ def run_experiment(
         for evaluation, folder in zip(evaluations[name], folders):
             task_result = downstream['models'][str(folder)]
             evaluation |= {'tasks': task_result['tasks'], 'average': task_result['average'], 'average_stderr': average_stderr(task_result['tasks'])}
-    first_seed = stages_by_seed[seeds[0]]
-    throughput = timed('throughput', lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings))
+    first_seed = runs_by_seed[seeds[0]]
+    throughput = ledger.timed('throughput', lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings))
 
     source_shape = ModelShape.from_config(AutoConfig.from_pretrained(source))
     target_shape = source_shape.with_target(TARGET_SHAPE)
-    for name, runs in evaluations.items():
-        for run in runs:
-            if name != 'source' and report.ModelSummary.from_evaluation(name, run).shape != {field: getattr(target_shape, field) for field in report.SHAPE_HEADERS}:
-                raise RuntimeError(f'{run["model"]} does not have the target shape {target_shape}')
+    check_target_shape(evaluations, target_shape, [name for name in MODELS if name != 'source'])
     results: dict[str, Any] = {
         'command': command,
         'commit': commit,
@@ -614,41 +515,27 @@ def run_experiment(
         'shearing_init': str(shearing_init),
         'threads': torch.get_num_threads(),
         'mix': dict(zip(DOMAINS, mix)),
-        'settings': asdict(settings) | {
-            'tokens_per_batch': settings.tokens_per_batch, 'small_model_batches': settings.small_model_batches,
-            'tokens_small_model': settings.small_model_batches * settings.tokens_per_batch,
-        },
+        'settings': settings.recorded(),
         'task_settings': downstream['settings'],
         'shapes': {'source': source_shape.config_updates(), 'target': target_shape.config_updates()},
         'parameters': {'source': source_losses['parameters'], 'target': evaluations['oneshot_pruned'][0]['parameters']},
         'models': {name: runs for name, runs in evaluations.items() if runs},
         'throughput': throughput,
-        'stages': stage_log,
+        'stages': ledger.stages,
         'stage_commands': stage_commands,
     }
 
     report_dir = output_dir / 'report'
     report_dir.mkdir()
-    tokens_per_batch = settings.tokens_per_batch
-    pruning_tokens = settings.pruning_batches * tokens_per_batch
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for named in stages_by_seed.values():
+    for named in runs_by_seed.values():
         for label, (pruning_name, continued_name) in CURVES.items():
-            if continued_name not in named:
-                continue
-            continued = named[continued_name]
-            continued_curve = eval_curve(report.StageMetrics.from_log(continued.name, continued.metrics_file), tokens_per_batch, pruning_tokens if pruning_name else 0)
-            if pruning_name:
-                pruning = named[pruning_name]
-                pruning_curve = eval_curve(report.StageMetrics.from_log(pruning.name, pruning.metrics_file), tokens_per_batch)
-                continued_curve = tuple(np.concatenate(parts) for parts in zip(pruning_curve, continued_curve))
-            curves.setdefault(label, []).append(continued_curve)
-    results['curves'] = {name: [[tokens.tolist(), losses.tolist()] for tokens, losses in runs] for name, runs in curves.items()}
+            if continued_name in named:
+                runs = [named[pruning_name], named[continued_name]] if pruning_name else [named[continued_name]]
+                curves.setdefault(label, []).append(runs_curve(runs, settings.tokens_per_batch))
+    results['curves'] = curves_as_lists(curves)
     plot_loss_against_tokens(curves, 'Held-out loss against tokens: SmolLM2-135M pruned to T, every arm').savefig(report_dir / 'loss_against_tokens.png', dpi=120)
-    pruning_metrics = [
-        report.StageMetrics.from_log(first_seed[name].name, first_seed[name].metrics_file)
-        for name in ('sheared_pruned', 'sheared_importance_init_pruned') if name in first_seed
-    ]
+    pruning_metrics = [first_seed[name].metrics() for name in ('sheared_pruned', 'sheared_importance_init_pruned') if name in first_seed]
     report.plot_domain_weights(pruning_metrics, DOMAINS).savefig(report_dir / 'domain_weights.png', dpi=120)
     task_titles = {task: values['title'] for task, values in downstream['settings']['tasks'].items()}
     scores = {
@@ -658,34 +545,25 @@ def run_experiment(
     }
     chance = {values['title']: values['chance'] for values in downstream['settings']['tasks'].values() if values['chance'] is not None}
     report.plot_task_accuracies(scores, chance).savefig(report_dir / 'task_accuracy.png', dpi=120)
-    check_finite(results)
     return write_results(report_dir, results, started, render_report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the experiment from the command line and print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--quick', action='store_true', help='fewer documents, shorter samples, fewer batches and task rows')
-    parser.add_argument('--output', type=Path, help='a new or empty folder (default: outputs/real_model[_quick])')
+    parser = experiment_parser(__doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples, fewer batches and task rows')
     parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the training runs')
     parser.add_argument('--shearing-init', type=ShearingInit.parse, default=ShearingInit('all_kept'),
                         help='masks of the shearing arms: all_kept (the original code\'s start), importance or uniform:P, '
                         'drop rate P (default: all_kept)')
     parser.add_argument('--scratch', action='store_true', help='also train T from scratch on the same tokens')
     parser.add_argument('--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages')
-    parser.add_argument('--data', type=Path, default=DATA, help='per-domain jsonl folders (default: ../shared/data/redpajama-sample)')
     parser.add_argument('--task-dir', type=Path, default=TASK_DIR, help='task files (default: ../shared/data/eval-tasks)')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default: 2)')
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
-    output_dir = (args.output or REPO / 'outputs' / ('real_model_quick' if args.quick else 'real_model')).resolve()
-    command = shlex.join(['.venv/bin/python', 'scripts/experiments/real_model.py', *(argv if argv is not None else sys.argv[1:])])
-    torch.set_num_threads(args.threads)
-    report_dir = run_experiment(
+    output_dir, command = start(args, __spec__.name, argv)
+    print_report(run_experiment(
         output_dir, QUICK if args.quick else FULL, args.seeds, command, args.shearing_init, args.scratch, args.data, args.task_dir,
         resume=args.resume,
-    )
-    print((report_dir / 'README.md').read_text())
+    ))
 
 
 if __name__ == '__main__':

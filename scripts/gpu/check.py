@@ -20,7 +20,7 @@ the others running; the summary goes to OUTPUT_DIR/gpu_check.json, each part's l
 
     scripts/gpu/check.sh [--dry-run] [--output-dir DIR] [--parts NAME ...]
 
-``--dry-run`` runs every part at toy sizes on the CPU (about 90 s of CPU time), to check the script itself.
+``--dry-run`` runs every part at toy sizes on the CPU, to check the script itself.
 """
 
 from __future__ import annotations
@@ -50,12 +50,10 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from llmshearing.pruning import attach_masks, prune_model  # torch and transformers only, no Composer
+from scripts.bench.pruning_step import interleaved_times, timed, training_step
+
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / 'scripts' / 'bench'))
-
-from pruning_step import interleaved_times, timed, training_step  # noqa: E402
-
-from llmshearing.pruning import attach_masks, prune_model  # noqa: E402  (torch and transformers only, no Composer)
 
 TINY_PRUNING_YAML = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
 SUMMARY_FILE = 'gpu_check.json'
@@ -694,11 +692,13 @@ def run_all(dry_run: bool, output_dir: Path, parts: list[str]) -> dict[str, Any]
         for name in parts:
             work_dir, result_file, log = Path(scratch) / name, Path(scratch) / f'{name}.json', output_dir / f'{name}.log'
             work_dir.mkdir()
-            command = [sys.executable, __file__, '--part', name, '--work-dir', str(work_dir), '--result', str(result_file)]
+            command = [
+                sys.executable, '-m', __spec__.name, '--part', name, '--work-dir', str(work_dir), '--result', str(result_file),
+            ]
             command += ['--dry-run'] if dry_run else []
             start = time.perf_counter()
             with log.open('w') as log_file:
-                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
                 try:
                     process.wait(timeout=settings.timeouts[name])
                 except subprocess.TimeoutExpired:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path in one command (scripts/gpu/check.py says what it checks); summary and logs go to $OUT or --output-dir.
+# The GPU path in one command (scripts/gpu/check.py, run as the module scripts.gpu.check, says what it checks); summary and logs go to $OUT or --output-dir.
 #   scripts/gpu/check.sh [--output-dir DIR]            on a GPU machine, with the wheels of scripts/gpu/build_wheels.sh in .whl/
 #   scripts/gpu/check.sh --dry-run --output-dir DIR    toy sizes on the CPU, with .venv/
 set -euo pipefail
@@ -18,4 +18,4 @@ else
     fi
 fi
 export PYTHONUNBUFFERED=1
-exec "$PYTHON" scripts/gpu/check.py "$@"
+exec "$PYTHON" -m scripts.gpu.check "$@"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import email
 import json
 import logging
+import pydoc_data.topics
 import random
 import shlex
 import sys
@@ -32,7 +33,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pydoc_data.topics
 import torch
 
 from llmshearing import report

@@ -68,11 +68,15 @@ def write_token_shards(output_dir: str | Path, samples: Iterable[np.ndarray], do
     columns = {'tokens': 'ndarray:uint16'} | ({'domain': 'str'} if domain is not None else {})
     with MDSWriter(out=str(output_dir), columns=columns) as writer:
         for sample in samples:
-            writer.write({'tokens': np.asarray(sample, dtype=np.uint16)} | ({'domain': domain} if domain is not None else {}))
+            writer.write(
+                {'tokens': np.asarray(sample, dtype=np.uint16)} | ({'domain': domain} if domain is not None else {})
+            )
     return output_dir
 
 
-def write_random_domain_data(root: str | Path, domains: Iterable[str], train_samples: int, eval_samples: int, seq_len: int, seed: int = 0) -> Path:
+def write_random_domain_data(
+    root: str | Path, domains: Iterable[str], train_samples: int, eval_samples: int, seq_len: int, seed: int = 0
+) -> Path:
     """Random-token ``train/<domain>`` and ``eval/<domain>`` shards, laid out as ``prepare-data`` lays them out."""
     root = Path(root)
     vocab_size = len(byte_level_tokenizer())

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
+
 SOURCES = ('setup.py', 'README.md', 'llmshearing', 'yamls')
 ENTRY_POINTS = (
     'llmshearing = llmshearing.cli:main',
@@ -46,7 +47,8 @@ def test_the_wheel_holds_every_module_and_recipe_and_nothing_else(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     modules = {path.relative_to(REPO).as_posix() for path in (REPO / 'llmshearing').rglob('*.py')}
     recipes = {
-        f'llmshearing/recipes/{path.relative_to(REPO / "yamls").as_posix()}' for path in (REPO / 'yamls').rglob('*.yaml')
+        f'llmshearing/recipes/{path.relative_to(REPO / "yamls").as_posix()}'
+        for path in (REPO / 'yamls').rglob('*.yaml')
     }
     assert 'llmshearing/recipes/tiny/pruning.yaml' in recipes
     package_files = {name for name in names if not name.startswith('llm_shearing-')}

@@ -9,8 +9,8 @@ from transformers import LlamaForCausalLM
 
 from llmshearing.preflight import check_train_config, load_train_config
 from llmshearing.toy import byte_level_tokenizer, llama_config, save_toy_model, write_token_shards
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
 
 
@@ -27,7 +27,11 @@ def assets(tmp_path_factory) -> Path:
 
 
 def _config(assets: Path, *overrides: str):
-    base = [f'variables.model_path={assets / "source"}', f'variables.data_local={assets / "data"}', f'save_folder={assets / "fresh"}']
+    base = [
+        f'variables.model_path={assets / "source"}',
+        f'variables.data_local={assets / "data"}',
+        f'save_folder={assets / "fresh"}',
+    ]
     return load_train_config(TINY_PRUNING, base + list(overrides))
 
 
@@ -38,11 +42,27 @@ def test_the_tiny_recipe_passes(assets):
 @pytest.mark.parametrize(
     ('overrides', 'error', 'message'),
     [
-        (['variables.model_path=/nowhere/model'], FileNotFoundError, 'model.pretrained_model_name_or_path: /nowhere/model does not exist'),
-        (['variables.data_local=/nowhere/data'], FileNotFoundError, 'train_loader.dataset.local: /nowhere/data does not exist'),
+        (
+            ['variables.model_path=/nowhere/model'],
+            FileNotFoundError,
+            'model.pretrained_model_name_or_path: /nowhere/model does not exist',
+        ),
+        (
+            ['variables.data_local=/nowhere/data'],
+            FileNotFoundError,
+            'train_loader.dataset.local: /nowhere/data does not exist',
+        ),
         (['load_path=/nowhere/ckpt.pt'], FileNotFoundError, 'load_path: /nowhere/ckpt.pt does not exist'),
-        (['algorithms.shearing.target.hidden_size=128'], ValueError, "algorithms.shearing: target hidden_size=128 is larger than the source model's 64"),
-        (['algorithms.shearing.pruning_modules=[layer]'], ValueError, "algorithms.shearing: target num_attention_heads=2 differs from the source's 4"),
+        (
+            ['algorithms.shearing.target.hidden_size=128'],
+            ValueError,
+            "algorithms.shearing: target hidden_size=128 is larger than the source model's 64",
+        ),
+        (
+            ['algorithms.shearing.pruning_modules=[layer]'],
+            ValueError,
+            "algorithms.shearing: target num_attention_heads=2 differs from the source's 4",
+        ),
         (['max_sequence_length=8'], ValueError, 'max_sequence_length'),
         (['algorithms.shearing.lag_lr=0'], ValueError, 'algorithms.shearing.lag_lr must be positive, got 0'),
         (['algorithms.shearing.lag_rate=1'], ValueError, 'algorithms.shearing.lag_rate is not a setting'),
@@ -56,7 +76,10 @@ def test_bad_settings_name_their_key(assets, overrides, error, message):
 
 def test_tokenizer_larger_than_the_model_vocabulary(assets):
     config = _config(assets, f'variables.model_path={assets / "small-vocab"}', f'tokenizer.name={assets / "source"}')
-    with pytest.raises(ValueError, match=r'tokenizer.name: .* has 259 tokens, more than the vocabulary of model.pretrained_model_name_or_path \(100\)'):
+    with pytest.raises(
+        ValueError,
+        match=r'tokenizer.name: .* has 259 tokens, more than the vocabulary of model.pretrained_model_name_or_path \(100\)',
+    ):
         check_train_config(config)
 
 

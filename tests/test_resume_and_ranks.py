@@ -17,8 +17,8 @@ import torch
 
 from llmshearing.loggers import read_metrics
 from llmshearing.toy import save_toy_model, write_random_domain_data
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
 TINY_CONTINUED_PRETRAINING = REPO / 'yamls' / 'tiny' / 'continued_pretraining.yaml'
 TINY_PRUNING_DISTILLATION = REPO / 'yamls' / 'tiny' / 'pruning_distillation.yaml'
@@ -61,9 +61,24 @@ def _last_value_per_batch(output_dir: Path, name: str) -> dict[int, float]:
 @pytest.mark.parametrize(
     ('recipe', 'metrics'),
     [
-        (TINY_PRUNING, ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
-        (TINY_CONTINUED_PRETRAINING, ('loss/train/total', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code')),
-        (TINY_PRUNING_DISTILLATION, ('loss/train/total', 'loss/train/kd', 'loss/train/lm', 'shearing/lagrangian', 'dynamic_loading/proportion/code')),
+        (
+            TINY_PRUNING,
+            ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code'),
+        ),
+        (
+            TINY_CONTINUED_PRETRAINING,
+            ('loss/train/total', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code'),
+        ),
+        (
+            TINY_PRUNING_DISTILLATION,
+            (
+                'loss/train/total',
+                'loss/train/kd',
+                'loss/train/lm',
+                'shearing/lagrangian',
+                'dynamic_loading/proportion/code',
+            ),
+        ),
     ],
     ids=['pruning', 'continued_pretraining', 'pruning_distillation'],
 )
@@ -73,7 +88,9 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, met
 
     interrupted = assets / recipe.stem / 'interrupted'
     command = _command(assets, interrupted, recipe=recipe)
-    process = subprocess.Popen(command, cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     latest = interrupted / 'checkpoints' / 'latest-rank0.pt'
     deadline = time.monotonic() + 300
     while not (latest.is_symlink() and os.readlink(latest).endswith('-ba8-rank0.pt')):

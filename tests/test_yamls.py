@@ -10,10 +10,15 @@ import pytest
 import torch
 from composer.algorithms import GradientClipping
 from llmfoundry.data.dataloader import build_dataloader
-from llmfoundry.utils.builders import build_algorithm, build_callback, build_composer_model, build_icl_evaluators, build_tokenizer
+from llmfoundry.utils.builders import (
+    build_algorithm,
+    build_callback,
+    build_composer_model,
+    build_icl_evaluators,
+    build_tokenizer,
+)
 from omegaconf import OmegaConf as om
 from streaming import MDSWriter
-from conftest import close_streaming_shared_memory
 from transformers import AutoConfig
 
 from llmshearing.distillation import Distillation
@@ -21,29 +26,74 @@ from llmshearing.distillation.algorithm import load_teacher
 from llmshearing.preflight import check_train_config, load_train_config
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.toy import byte_level_tokenizer, save_toy_model
+from tests.paths import REPO, SHARED
+from tests.streaming_memory import close_streaming_shared_memory
 
-REPO = Path(__file__).resolve().parents[1]
 YAMLS = sorted(path for path in (REPO / 'yamls').glob('*/*.yaml') if path.parent.name != 'launch')
 DOMAINS = ['cc', 'github', 'book', 'stackexchange', 'wiki', 'arxiv', 'c4-rp']
 SEQ_LEN = 32
 
 SOURCES = {
-    'llama2_7b': dict(model_type='llama', hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000),
+    'llama2_7b': dict(
+        model_type='llama',
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_hidden_layers=32,
+        intermediate_size=11008,
+        vocab_size=32000,
+    ),
     'llama3_8b': dict(
-        model_type='llama', hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
-        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
+        model_type='llama',
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        vocab_size=128256,
+        rope_theta=500000.0,
     ),
     'mistral_7b': dict(
-        model_type='mistral', hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32,
-        intermediate_size=14336, vocab_size=32000,
+        model_type='mistral',
+        hidden_size=4096,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        num_hidden_layers=32,
+        intermediate_size=14336,
+        vocab_size=32000,
     ),
     'qwen2.5_7b': dict(
-        model_type='qwen2', hidden_size=3584, num_attention_heads=28, num_key_value_heads=4, num_hidden_layers=28,
-        intermediate_size=18944, vocab_size=152064,
+        model_type='qwen2',
+        hidden_size=3584,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        num_hidden_layers=28,
+        intermediate_size=18944,
+        vocab_size=152064,
     ),
-    'llama2_2.7b': dict(model_type='llama', hidden_size=2560, num_attention_heads=20, num_hidden_layers=32, intermediate_size=6912, vocab_size=32000),
-    'llama2_1.3b': dict(model_type='llama', hidden_size=2048, num_attention_heads=16, num_hidden_layers=24, intermediate_size=5504, vocab_size=32000),
-    'llama2_370m': dict(model_type='llama', hidden_size=1024, num_attention_heads=8, num_hidden_layers=24, intermediate_size=2816, vocab_size=32000),
+    'llama2_2.7b': dict(
+        model_type='llama',
+        hidden_size=2560,
+        num_attention_heads=20,
+        num_hidden_layers=32,
+        intermediate_size=6912,
+        vocab_size=32000,
+    ),
+    'llama2_1.3b': dict(
+        model_type='llama',
+        hidden_size=2048,
+        num_attention_heads=16,
+        num_hidden_layers=24,
+        intermediate_size=5504,
+        vocab_size=32000,
+    ),
+    'llama2_370m': dict(
+        model_type='llama',
+        hidden_size=1024,
+        num_attention_heads=8,
+        num_hidden_layers=24,
+        intermediate_size=2816,
+        vocab_size=32000,
+    ),
 }
 
 
@@ -77,7 +127,9 @@ def workspace(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     for split, count in (('train', 16), ('eval', 4)):
         for domain in DOMAINS:
-            with MDSWriter(out=str(root / 'data' / split / domain), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}) as writer:
+            with MDSWriter(
+                out=str(root / 'data' / split / domain), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}
+            ) as writer:
                 for _ in range(count):
                     writer.write({'tokens': rng.integers(3, 259, SEQ_LEN, dtype=np.uint16), 'domain': domain})
     return root
@@ -127,14 +179,22 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
         build_callback(name, kwargs, train_config)
 
     device_batch_size = 2
-    train_loader = build_dataloader(train_config.train_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None}, tokenizer, device_batch_size)
+    train_loader = build_dataloader(
+        train_config.train_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None},
+        tokenizer,
+        device_batch_size,
+    )
     batch = next(iter(train_loader.dataloader))
     assert batch['input_ids'].shape == (device_batch_size, SEQ_LEN)
     if train_config.eval_loader is not None:
-        build_dataloader(train_config.eval_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None}, tokenizer, device_batch_size)
+        build_dataloader(
+            train_config.eval_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None},
+            tokenizer,
+            device_batch_size,
+        )
 
 
-EVAL_TASKS = REPO.parent / 'shared' / 'data' / 'eval-tasks'
+EVAL_TASKS = SHARED / 'data' / 'eval-tasks'
 
 
 @pytest.mark.skipif(not EVAL_TASKS.is_dir(), reason=f'no shared task folder {EVAL_TASKS}')
@@ -142,7 +202,10 @@ def test_icl_tasks_are_off_by_default_in_the_tiny_recipes_and_on_with_a_task_fol
     """variables.eval_tasks_dir switches the recipes' icl_tasks block; switched on, llm-foundry builds its
     evaluators from the shared task files (one task of each kind here)."""
     for yaml_path in YAMLS:
-        overrides = [f'variables.model_path={workspace / "models" / "toy"}', f'variables.data_local={workspace / "data"}']
+        overrides = [
+            f'variables.model_path={workspace / "models" / "toy"}',
+            f'variables.data_local={workspace / "data"}',
+        ]
         if yaml_path.parent.name == 'tiny':
             assert load_train_config(yaml_path, overrides).icl_tasks == [], yaml_path.name
         tasks = load_train_config(yaml_path, overrides + [f'variables.eval_tasks_dir={EVAL_TASKS}']).icl_tasks
@@ -151,5 +214,7 @@ def test_icl_tasks_are_off_by_default_in_the_tiny_recipes_and_on_with_a_task_fol
     config = load_train_config(REPO / 'yamls/tiny/pruning.yaml', [f'variables.eval_tasks_dir={EVAL_TASKS}'])
     kinds = {task['icl_task_type']: task for task in om.to_container(config.icl_tasks, resolve=True)}
     tokenizer = byte_level_tokenizer()
-    evaluators, _ = build_icl_evaluators(list(kinds.values()), tokenizer, config.icl_seq_len, 4, destination_dir=str(tmp_path))
+    evaluators, _ = build_icl_evaluators(
+        list(kinds.values()), tokenizer, config.icl_seq_len, 4, destination_dir=str(tmp_path)
+    )
     assert [evaluator.label for evaluator in evaluators] == [f'{task["label"]}/0-shot' for task in kinds.values()]

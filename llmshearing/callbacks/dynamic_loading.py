@@ -39,7 +39,9 @@ IGNORE_INDEX = -100
 EXCESS_LOSSES = ('clipped', 'raw')
 UPDATES = ('doremi', 'constant')
 INITIAL_PROPORTIONS_KEY = 'callbacks.dynamic_loading.initial_proportions'
-EVAL_LOSS_KEY = 'LanguageCrossEntropy'  # the name under which Composer logs the eval loss: metrics/eval/LanguageCrossEntropy
+EVAL_LOSS_KEY = (
+    'LanguageCrossEntropy'  # the name under which Composer logs the eval loss: metrics/eval/LanguageCrossEntropy
+)
 
 
 def next_token_targets(labels: torch.Tensor) -> torch.Tensor:

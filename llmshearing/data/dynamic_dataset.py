@@ -437,7 +437,9 @@ class DynamicStreamingDataset(StreamingDataset):
         cursor = epoch_start + first_batch * self.global_batch_size
         counts = draws.counts(0, cursor)
         for batch in range(
-            first_batch + world.worker_of_rank, self.samples_per_epoch // self.global_batch_size, world.workers_per_rank,
+            first_batch + world.worker_of_rank,
+            self.samples_per_epoch // self.global_batch_size,
+            world.workers_per_rank,
         ):
             for change in self._schedule_file.read(len(draws.schedule)):
                 if change.start < cursor:
@@ -504,7 +506,9 @@ class DomainStreamingDataset(StreamingDataset):
             if remote is None:
                 _check_local_data(os.path.join(local, split), f'split {split!r}')
             streams = [
-                Stream(local=os.path.join(local, split), remote=None if remote is None else os.path.join(remote, split)),
+                Stream(
+                    local=os.path.join(local, split), remote=None if remote is None else os.path.join(remote, split)
+                ),
             ]
         else:
             streams = _domain_streams(local, remote, split, self.domains)

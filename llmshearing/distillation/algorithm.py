@@ -20,7 +20,14 @@ from composer.core.precision import get_precision_context
 from composer.distributed import prepare_fsdp_module
 from composer.loggers import Logger
 from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from llmshearing.callbacks.dynamic_loading import next_token_targets
 from llmshearing.distillation.loss import DEFAULT_CHUNK_SIZE, kd_loss
@@ -51,7 +58,9 @@ def check_settings(teacher: str | Path, temperature: float, alpha: float) -> Pat
     return folder
 
 
-def check_teacher_matches(teacher: str | Path, student_config: PretrainedConfig, student_tokenizer: PreTrainedTokenizerBase) -> None:
+def check_teacher_matches(
+    teacher: str | Path, student_config: PretrainedConfig, student_tokenizer: PreTrainedTokenizerBase
+) -> None:
     """Raise ``ValueError`` naming ``algorithms.distillation.teacher`` unless the teacher has the student's
     vocabulary size and a tokenizer with the same vocabulary and special tokens."""
     teacher_config = AutoConfig.from_pretrained(teacher)
@@ -63,14 +72,16 @@ def check_teacher_matches(teacher: str | Path, student_config: PretrainedConfig,
     try:
         teacher_tokenizer = AutoTokenizer.from_pretrained(teacher)
     except (OSError, ValueError) as error:
-        raise ValueError(f'{KEY}.teacher: {teacher} has no tokenizer to compare with the student\'s: {error}') from error
+        raise ValueError(f"{KEY}.teacher: {teacher} has no tokenizer to compare with the student's: {error}") from error
     if teacher_tokenizer.get_vocab() != student_tokenizer.get_vocab() or (
         teacher_tokenizer.all_special_tokens != student_tokenizer.all_special_tokens
     ):
         raise ValueError(f"{KEY}.teacher: the tokenizer of {teacher} differs from the student's")
 
 
-def load_teacher(folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = 'cpu') -> PreTrainedModel:
+def load_teacher(
+    folder: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = 'cpu'
+) -> PreTrainedModel:
     """The teacher: an HF causal LM with frozen weights of ``dtype``, in eval mode (on the meta device when asked)."""
     if torch.device(device).type == 'meta':
         with torch.device('meta'):

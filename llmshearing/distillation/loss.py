@@ -84,7 +84,9 @@ def kd_loss(
         A scalar fp32 tensor (0 when no position is kept).
     """
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f'student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape')
+        raise ValueError(
+            f'student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape'
+        )
     if temperature <= 0:
         raise ValueError(f'temperature must be positive, got {temperature}')
     if chunk_size is not None and chunk_size < 1:
@@ -98,6 +100,10 @@ def kd_loss(
         kept = (labels != IGNORE_INDEX).float()
     kept = kept.reshape(-1)
     kl_sum = _ChunkedKLDivergence.apply(
-        student_logits.reshape(-1, vocab_size), teacher_logits.detach().reshape(-1, vocab_size), kept, temperature, chunk_size,
+        student_logits.reshape(-1, vocab_size),
+        teacher_logits.detach().reshape(-1, vocab_size),
+        kept,
+        temperature,
+        chunk_size,
     )
     return kl_sum * temperature**2 / kept.sum().clamp(min=1)

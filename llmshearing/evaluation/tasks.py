@@ -119,7 +119,9 @@ def _check_row(row: Any, kind: str, where: str) -> int | None:
     if not isinstance(row, dict) or _row_kind(row) != kind:
         raise ValueError(f'{where}: expected a {kind} row with keys {list(ROW_KEYS[kind])}')
     if kind == LANGUAGE_MODELING:
-        if not (isinstance(row['context'], str) and isinstance(row['continuation'], str) and row['continuation'].strip()):
+        if not (
+            isinstance(row['context'], str) and isinstance(row['continuation'], str) and row['continuation'].strip()
+        ):
             raise ValueError(f'{where}: context and continuation must be strings, the continuation not empty')
         return None
     options = row[CHANCE_KEYS[kind]]

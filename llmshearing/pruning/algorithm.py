@@ -155,7 +155,9 @@ class Shearing(Algorithm):
                 f'algorithms.shearing.importance_method must be one of {list(IMPORTANCE_METHODS)}, got {importance_method!r}',
             )
         if init == 'importance' and target is None:
-            raise ValueError('algorithms.shearing.init: importance needs algorithms.shearing.target (not target_sparsity)')
+            raise ValueError(
+                'algorithms.shearing.init: importance needs algorithms.shearing.target (not target_sparsity)'
+            )
         if importance_file is not None and not Path(importance_file).is_file():
             raise FileNotFoundError(f'algorithms.shearing.importance_file: {importance_file} does not exist')
         if calibration_batches < 1:
@@ -195,7 +197,7 @@ class Shearing(Algorithm):
         for key in ('target', 'pruning_modules', 'target_sparsity'):
             if key in saved and saved[key] != self.mask_config()[key]:
                 raise ValueError(
-                    f'algorithms.shearing.{key}={self.mask_config()[key]!r} differs from the checkpoint\'s {saved[key]!r}',
+                    f"algorithms.shearing.{key}={self.mask_config()[key]!r} differs from the checkpoint's {saved[key]!r}",
                 )
 
     def match(self, event: Event, state: State) -> bool:
@@ -224,7 +226,9 @@ class Shearing(Algorithm):
             if self.init == 'all_kept':
                 self.l0_module.init_all_kept()
             elif self.init == 'importance' and self.importance_file is not None:
-                self.l0_module.init_from_scores(read_importance_file(self.importance_file, self.l0_module), self.init_scale)
+                self.l0_module.init_from_scores(
+                    read_importance_file(self.importance_file, self.l0_module), self.init_scale
+                )
         elif event == Event.AFTER_LOAD:
             if int(state.timestamp.batch) == 0 and self.importance_file is None:
                 self._init_from_training_batches(state)
@@ -237,7 +241,11 @@ class Shearing(Algorithm):
             progress = self.warmup_progress(state)
             lagrangian = self.l0_module.lagrangian(progress)
             language_model_loss = state.loss['total'] if isinstance(state.loss, dict) else state.loss
-            state.loss = {'total': language_model_loss + lagrangian, 'lm': language_model_loss, 'lagrangian': lagrangian}
+            state.loss = {
+                'total': language_model_loss + lagrangian,
+                'lm': language_model_loss,
+                'lagrangian': lagrangian,
+            }
             # Here, right after the forward, FSDP still holds the masks unsharded.
             metrics = self.metrics(progress)
             self._batch_metric_names, self._batch_metric_values = tuple(metrics), torch.stack(list(metrics.values()))
@@ -253,7 +261,9 @@ class Shearing(Algorithm):
             isinstance(module, FullyShardedDataParallel) for module in state.model.modules()
         )
         gathered = (
-            FullyShardedDataParallel.summon_full_params(state.model, writeback=False, rank0_only=True, offload_to_cpu=True)
+            FullyShardedDataParallel.summon_full_params(
+                state.model, writeback=False, rank0_only=True, offload_to_cpu=True
+            )
             if sharded
             else contextlib.nullcontext()
         )
@@ -275,7 +285,9 @@ class Shearing(Algorithm):
         dist.broadcast_object_list(kind_scores, src=0)
         self.l0_module.init_from_scores(kind_scores[0], self.init_scale)
         self.hf_model.zero_grad(set_to_none=True)
-        log.info('Mask logits initialised from %s importance on %d batches', self.importance_method, self.calibration_batches)
+        log.info(
+            'Mask logits initialised from %s importance on %d batches', self.importance_method, self.calibration_batches
+        )
 
     def _check_export_dir(self) -> None:
         if self.export_dir is not None and self.export_dir.is_dir() and any(self.export_dir.iterdir()):
@@ -324,7 +336,9 @@ class Shearing(Algorithm):
             )
         if not getattr(fsdp, 'use_orig_params', True):
             raise ValueError('fsdp_config.use_orig_params must be true: the masks are a separate parameter group')
-        if getattr(fsdp, 'activation_checkpointing', False) and getattr(fsdp, 'activation_checkpointing_reentrant', False):
+        if getattr(fsdp, 'activation_checkpointing', False) and getattr(
+            fsdp, 'activation_checkpointing_reentrant', False
+        ):
             raise ValueError(
                 'fsdp_config.activation_checkpointing_reentrant must be false: reentrant checkpointing drops the '
                 'gradients of the masks, which enter each layer from outside',

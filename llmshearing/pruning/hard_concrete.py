@@ -51,7 +51,9 @@ def deterministic_gates(log_alpha: torch.Tensor, num_kept: int | torch.Tensor) -
         return score * torch.zeros_like(score).scatter_(-1, kept_index, 1.0)
     # rank[..., i]: how many gates of the group score above gate i (ties go to the lower index, as topk's do).
     order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order))
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    )
     return score * (rank < num_kept.unsqueeze(-1))
 
 

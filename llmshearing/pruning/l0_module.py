@@ -204,7 +204,9 @@ class L0Module(nn.Module):
         for kind, mask in self.masks.items():
             scores = kind_scores[kind]
             if tuple(scores.shape) != mask.shape:
-                raise ValueError(f'importance scores of {kind!r} have shape {tuple(scores.shape)}; the mask has {mask.shape}')
+                raise ValueError(
+                    f'importance scores of {kind!r} have shape {tuple(scores.shape)}; the mask has {mask.shape}'
+                )
             mask.log_alpha.copy_(log_alpha_from_scores(scores.to(mask.log_alpha), mask.num_kept, scale))
 
     @contextlib.contextmanager
@@ -218,7 +220,9 @@ class L0Module(nn.Module):
 
     def ones(self) -> StructureMasks:
         """Masks of all ones: the forward of the source model."""
-        return self.structure_masks({kind: torch.ones(mask.shape, device=self.device) for kind, mask in self.masks.items()})
+        return self.structure_masks(
+            {kind: torch.ones(mask.shape, device=self.device) for kind, mask in self.masks.items()}
+        )
 
     @torch.no_grad()
     def constrain_parameters(self) -> None:

@@ -223,7 +223,9 @@ def pruned_state_dict(
     if tied:
         state['lm_head.weight'] = state['model.embed_tokens.weight']
     else:
-        state |= _prefixed('lm_head', _slice_linear(model.lm_head, torch.arange(model.lm_head.out_features), kept_hidden))
+        state |= _prefixed(
+            'lm_head', _slice_linear(model.lm_head, torch.arange(model.lm_head.out_features), kept_hidden)
+        )
 
     for new_index, index in enumerate(kept_layers):
         layer = decoder.layers[index]

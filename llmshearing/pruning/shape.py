@@ -74,7 +74,11 @@ class ModelShape:
 
     def num_non_embedding_params(self) -> int:
         """Exact parameter count without the token embeddings and the LM head."""
-        hidden, q_width, kv_width = self.hidden_size, self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        hidden, q_width, kv_width = (
+            self.hidden_size,
+            self.num_attention_heads * self.head_dim,
+            self.num_key_value_heads * self.head_dim,
+        )
         attention = hidden * (2 * q_width + 2 * kv_width)
         attention += self.qkv_bias * (q_width + 2 * kv_width) + self.o_bias * hidden
         mlp = 3 * hidden * self.intermediate_size + self.mlp_bias * (2 * self.intermediate_size + hidden)

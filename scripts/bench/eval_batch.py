@@ -32,7 +32,9 @@ NUM_DOMAINS = 7
 def previous_domain_loss_sums(logits: torch.Tensor, labels: torch.Tensor, domains: torch.Tensor) -> torch.Tensor:
     """The callback's previous computation: its own full-vocabulary cross-entropy of the logits, per domain."""
     targets = next_token_targets(labels)
-    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction='none').view(targets.shape)
+    token_losses = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction='none').view(
+        targets.shape
+    )
     loss_sums = torch.zeros(NUM_DOMAINS, dtype=torch.float64, device=logits.device)
     return loss_sums.index_add_(0, domains, token_losses.sum(dim=1).double())
 

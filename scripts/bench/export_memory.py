@@ -105,7 +105,14 @@ def main() -> None:
             files = [path for path in save_folder.rglob('*') if path.is_file() and not path.is_symlink()]
             checkpoint_bytes = sum(path.stat().st_size for path in files)
             exports[state_dict_type] = work / f'{state_dict_type}-export'
-            command = [sys.executable, '-m', __spec__.name, '--measure', str(save_folder), str(exports[state_dict_type])]
+            command = [
+                sys.executable,
+                '-m',
+                __spec__.name,
+                '--measure',
+                str(save_folder),
+                str(exports[state_dict_type]),
+            ]
             result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f'the export of the {state_dict_type} checkpoint failed:\n{result.stderr[-3000:]}')

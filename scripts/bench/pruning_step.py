@@ -43,7 +43,9 @@ def timed(step, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def interleaved_times(first, second, repeats: int, device: torch.device, warmup: int = 2) -> tuple[list[float], list[float]]:
+def interleaved_times(
+    first, second, repeats: int, device: torch.device, warmup: int = 2
+) -> tuple[list[float], list[float]]:
     """Seconds of each of ``repeats`` calls of ``first`` and of ``second``, called alternately after ``warmup``
     untimed calls of each, so that machine noise hits both alike."""
     for _ in range(warmup):

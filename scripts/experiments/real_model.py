@@ -84,7 +84,9 @@ from scripts.experiments.common import (
 )
 
 TASK_DIR = REPO.parent / 'shared' / 'data' / 'eval-tasks'
-TARGET_SHAPE = dict(hidden_size=384, num_attention_heads=6, num_key_value_heads=3, intermediate_size=1024, num_hidden_layers=20)
+TARGET_SHAPE = dict(
+    hidden_size=384, num_attention_heads=6, num_key_value_heads=3, intermediate_size=1024, num_hidden_layers=20
+)
 TASK_SEED = 1234
 PRETRAINED_LEARNING_RATE = 1e-4  # pruning and continuing a pretrained model; the tiny recipes' 1e-3 is for toy models
 IMPORTANCE_METHOD = 'activation'
@@ -201,16 +203,32 @@ def scratch_stage(
     initial_model = output_dir.parent / 'scratch_init'
     AutoConfig.from_pretrained(source, **TARGET_SHAPE).save_pretrained(initial_model)
     AutoTokenizer.from_pretrained(source).save_pretrained(initial_model)
-    return scratch_run(settings, f'scratch (seed {seed})', initial_model, data_dir, output_dir, settings.small_model_batches, seed, mix)
+    return scratch_run(
+        settings, f'scratch (seed {seed})', initial_model, data_dir, output_dir, settings.small_model_batches, seed, mix
+    )
 
 
 def prune_oneshot_command(settings: RealModelSettings, source: Path, data_dir: Path, output_dir: Path) -> list[str]:
     """``llmshearing prune-oneshot`` arguments: activation importance on calibration samples, fp32 weights."""
     target = ','.join(f'{field}={size}' for field, size in TARGET_SHAPE.items())
     return [
-        'prune-oneshot', str(source), str(output_dir), '--data', str(data_dir), '--domains', ','.join(DOMAINS),
-        '--target', target, '--pruning-modules', ','.join(PRUNING_MODULES), '--importance', IMPORTANCE_METHOD, '--calibration-samples', str(settings.calibration_samples),
-        '--dtype', 'fp32',
+        'prune-oneshot',
+        str(source),
+        str(output_dir),
+        '--data',
+        str(data_dir),
+        '--domains',
+        ','.join(DOMAINS),
+        '--target',
+        target,
+        '--pruning-modules',
+        ','.join(PRUNING_MODULES),
+        '--importance',
+        IMPORTANCE_METHOD,
+        '--calibration-samples',
+        str(settings.calibration_samples),
+        '--dtype',
+        'fp32',
     ]
 
 
@@ -274,7 +292,12 @@ def summary(results: dict[str, Any], name: str, key: str) -> tuple[float, float]
 
 
 def comparison(
-    first: tuple[float, float], second: tuple[float, float], higher_is_better: bool, unit: str, scale: float = 1.0, digits: int = 3,
+    first: tuple[float, float],
+    second: tuple[float, float],
+    higher_is_better: bool,
+    unit: str,
+    scale: float = 1.0,
+    digits: int = 3,
 ) -> str:
     """Whether the first (mean, spread) pair is better than the second, by how much (times ``scale``, in ``unit``), and
     whether the difference exceeds the two spreads together."""
@@ -291,7 +314,11 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
         ('sheared_distilled', 'oneshot_distilled', 'Shearing against one-shot importance pruning, both distilled'),
         ('sheared_distilled', 'sheared', 'Distillation in continued pre-training of the sheared model'),
         ('oneshot_distilled', 'oneshot', 'Distillation in continued pre-training of the one-shot model'),
-        ('sheared_importance_init', 'sheared', 'Importance-initialised masks against the shearing arm\'s initialisation'),
+        (
+            'sheared_importance_init',
+            'sheared',
+            "Importance-initialised masks against the shearing arm's initialisation",
+        ),
         ('sheared_pruned', 'oneshot_pruned', 'Right after pruning, shearing against one-shot importance'),
         ('sheared', 'scratch', 'Shearing against training T from scratch'),
     ]
@@ -344,7 +371,7 @@ def render_report(results: dict[str, Any]) -> str:
         f'Source S: SmolLM2-135M-Instruct ({results["parameters"]["source"]:,} parameters). Target T: '
         + ', '.join(f'{header} {results["shapes"]["target"][field]}' for field, header in report.SHAPE_HEADERS.items())
         + f' ({results["parameters"]["target"]:,} parameters, {results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S). '
-        f'Data: the RedPajama sample (7 domains) prepared with S\'s tokenizer into samples of {settings["seq_len"]} tokens; '
+        f"Data: the RedPajama sample (7 domains) prepared with S's tokenizer into samples of {settings['seq_len']} tokens; "
         f'{settings["eval_samples"]} held-out samples per domain. Every small model trains on {settings["tokens_small_model"]:,} tokens '
         f'(batches of {settings["tokens_per_batch"]:,}): shearing {settings["pruning_batches"]} pruning + '
         f'{settings["continued_batches"]} continued batches, the one-shot arms {settings["small_model_batches"]} continued batches '
@@ -352,8 +379,8 @@ def render_report(results: dict[str, Any]) -> str:
         f'`--shearing-init {results["shearing_init"]}`. Seeds {", ".join(map(str, results["seeds"]))}. Wall time '
         f'{results["wall_seconds"] / 60:.1f} min; the stages below took {sum(stage["wall_seconds"] for stage in results["stages"]) / 60:.1f} min together.',
         '',
-        f'Tasks: {tasks["subset_rule"]}, 0-shot ({tasks["harness"]}); ± is the task standard error or half the seeds\' '
-        'range, whichever is larger. Losses: mean loss per predicted token (nats), ± half the seeds\' range.',
+        f"Tasks: {tasks['subset_rule']}, 0-shot ({tasks['harness']}); ± is the task standard error or half the seeds' "
+        "range, whichever is larger. Losses: mean loss per predicted token (nats), ± half the seeds' range.",
         '',
         '## Outcome',
         '',
@@ -362,7 +389,13 @@ def render_report(results: dict[str, Any]) -> str:
         '## Held-out loss and task accuracy',
         '',
         *report.markdown_table(
-            ['model', 'mean loss', *DOMAINS, *(tasks['tasks'][task]['title'] for task in task_names), 'average accuracy'],
+            [
+                'model',
+                'mean loss',
+                *DOMAINS,
+                *(tasks['tasks'][task]['title'] for task in task_names),
+                'average accuracy',
+            ],
             model_rows(results),
         ),
         '',
@@ -371,10 +404,14 @@ def render_report(results: dict[str, Any]) -> str:
         *report.markdown_table(
             ['model', 'parameters', 'forward tokens/s', 'relative', 'generated tokens/s', 'relative'],
             [
-                [name, f'{results["parameters"][name]:,}', f'{speed["forward_tokens_per_second"]:.0f}',
-                 f'{speed["forward_tokens_per_second"] / source_speed["forward_tokens_per_second"]:.2f}',
-                 f'{speed["generated_tokens_per_second"]:.1f}',
-                 f'{speed["generated_tokens_per_second"] / source_speed["generated_tokens_per_second"]:.2f}']
+                [
+                    name,
+                    f'{results["parameters"][name]:,}',
+                    f'{speed["forward_tokens_per_second"]:.0f}',
+                    f'{speed["forward_tokens_per_second"] / source_speed["forward_tokens_per_second"]:.2f}',
+                    f'{speed["generated_tokens_per_second"]:.1f}',
+                    f'{speed["generated_tokens_per_second"] / source_speed["generated_tokens_per_second"]:.2f}',
+                ]
                 for name, speed in throughput.items()
             ],
         ),
@@ -386,7 +423,7 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         '![Held-out loss against training tokens](loss_against_tokens.png)',
         '',
-        'Mean held-out loss over the domains against the small model\'s training tokens, every arm and seed (shearing: the '
+        "Mean held-out loss over the domains against the small model's training tokens, every arm and seed (shearing: the "
         'masked model at the target shape while pruning, then continued pre-training).',
         '',
         '![Accuracy per task and arm](task_accuracy.png)',
@@ -408,8 +445,16 @@ def render_report(results: dict[str, Any]) -> str:
 
 
 def run_experiment(
-    output_dir: Path, settings: RealModelSettings, seeds: Sequence[int], command: str, shearing_init: ShearingInit,
-    scratch: bool = False, data: Path = DATA, task_dir: Path = TASK_DIR, source: Path | None = None, resume: bool = False,
+    output_dir: Path,
+    settings: RealModelSettings,
+    seeds: Sequence[int],
+    command: str,
+    shearing_init: ShearingInit,
+    scratch: bool = False,
+    data: Path = DATA,
+    task_dir: Path = TASK_DIR,
+    source: Path | None = None,
+    resume: bool = False,
 ) -> Path:
     """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
     kept); return the report folder."""
@@ -418,13 +463,17 @@ def run_experiment(
     if resume:
         for needed in (ledger_file, setup_file):
             if not needed.is_file():
-                raise FileNotFoundError(f'--resume: {needed} does not exist; {output_dir} is not an interrupted run of this experiment')
+                raise FileNotFoundError(
+                    f'--resume: {needed} does not exist; {output_dir} is not an interrupted run of this experiment'
+                )
         if (output_dir / 'report').exists():
             raise FileExistsError(f'--resume: {output_dir} already has its report')
         recorded = json.loads(setup_file.read_text())
         changed = sorted(key for key in setup if recorded.get(key) != setup[key])
         if changed:
-            raise ValueError(f'--resume: {", ".join(changed)} differ from the interrupted run\'s ({setup_file}); resume with its arguments')
+            raise ValueError(
+                f"--resume: {', '.join(changed)} differ from the interrupted run's ({setup_file}); resume with its arguments"
+            )
     else:
         check_empty(output_dir, 'choose another with --output, or continue it with --resume')
     if not task_dir.is_dir():
@@ -460,15 +509,33 @@ def run_experiment(
         seed_dir = output_dir / f'seed_{seed}'
         named: dict[str, TrainingRun] = {}
         for arm, init_overrides in inits.items():
-            pruning = pruning_stage(settings, data_dir, source, seed_dir / arm, seed, mix, reference, init_overrides, arm)
+            pruning = pruning_stage(
+                settings, data_dir, source, seed_dir / arm, seed, mix, reference, init_overrides, arm
+            )
             named[f'{arm}_pruned'] = pruning
             named[arm] = continued_stage(
-                settings, data_dir, pruning.final_model, seed_dir / arm / 'continued_pretraining', settings.continued_batches,
-                seed, mix, reference, arm, pruning_dir=pruning.output_dir,
+                settings,
+                data_dir,
+                pruning.final_model,
+                seed_dir / arm / 'continued_pretraining',
+                settings.continued_batches,
+                seed,
+                mix,
+                reference,
+                arm,
+                pruning_dir=pruning.output_dir,
             )
         named['sheared_distilled'] = continued_stage(
-            settings, data_dir, named['sheared_pruned'].final_model, seed_dir / 'sheared_distilled' / 'continued_pretraining',
-            settings.continued_batches, seed, mix, reference, 'sheared, distilled', teacher=source,
+            settings,
+            data_dir,
+            named['sheared_pruned'].final_model,
+            seed_dir / 'sheared_distilled' / 'continued_pretraining',
+            settings.continued_batches,
+            seed,
+            mix,
+            reference,
+            'sheared, distilled',
+            teacher=source,
             pruning_dir=named['sheared_pruned'].output_dir,
         )
         for arm, teacher in (('oneshot', None), ('oneshot_distilled', source)):
@@ -487,7 +554,11 @@ def run_experiment(
         evaluations: dict[str, list[dict[str, Any]]] = {name: [] for name in MODELS}
         for name, folders in model_dirs.items():
             for folder in folders:
-                losses = source_losses if name == 'source' else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
+                losses = (
+                    source_losses
+                    if name == 'source'
+                    else evaluate(folder, data_dir, folder.parent / f'{folder.name}_losses.json')
+                )
                 evaluations[name].append(losses | {'mean_loss': mean_loss(losses)})
         return evaluations
 
@@ -500,9 +571,16 @@ def run_experiment(
     for name, folders in model_dirs.items():
         for evaluation, folder in zip(evaluations[name], folders):
             task_result = downstream['models'][str(folder)]
-            evaluation |= {'tasks': task_result['tasks'], 'average': task_result['average'], 'average_stderr': average_stderr(task_result['tasks'])}
+            evaluation |= {
+                'tasks': task_result['tasks'],
+                'average': task_result['average'],
+                'average_stderr': average_stderr(task_result['tasks']),
+            }
     first_seed = runs_by_seed[seeds[0]]
-    throughput = ledger.timed('throughput', lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings))
+    throughput = ledger.timed(
+        'throughput',
+        lambda: inference_throughput({'source': source, 'target': first_seed['sheared'].final_model}, settings),
+    )
 
     source_shape = ModelShape.from_config(AutoConfig.from_pretrained(source))
     target_shape = source_shape.with_target(TARGET_SHAPE)
@@ -534,8 +612,14 @@ def run_experiment(
                 runs = [named[pruning_name], named[continued_name]] if pruning_name else [named[continued_name]]
                 curves.setdefault(label, []).append(runs_curve(runs, settings.tokens_per_batch))
     results['curves'] = curves_as_lists(curves)
-    plot_loss_against_tokens(curves, 'Held-out loss against tokens: SmolLM2-135M pruned to T, every arm').savefig(report_dir / 'loss_against_tokens.png', dpi=120)
-    pruning_metrics = [first_seed[name].metrics() for name in ('sheared_pruned', 'sheared_importance_init_pruned') if name in first_seed]
+    plot_loss_against_tokens(curves, 'Held-out loss against tokens: SmolLM2-135M pruned to T, every arm').savefig(
+        report_dir / 'loss_against_tokens.png', dpi=120
+    )
+    pruning_metrics = [
+        first_seed[name].metrics()
+        for name in ('sheared_pruned', 'sheared_importance_init_pruned')
+        if name in first_seed
+    ]
     report.plot_domain_weights(pruning_metrics, DOMAINS).savefig(report_dir / 'domain_weights.png', dpi=120)
     task_titles = {task: values['title'] for task, values in downstream['settings']['tasks'].items()}
     scores = {
@@ -543,27 +627,50 @@ def run_experiment(
         | {'average': float(np.mean([run['average'] for run in runs]))}
         for name, runs in results['models'].items()
     }
-    chance = {values['title']: values['chance'] for values in downstream['settings']['tasks'].values() if values['chance'] is not None}
+    chance = {
+        values['title']: values['chance']
+        for values in downstream['settings']['tasks'].values()
+        if values['chance'] is not None
+    }
     report.plot_task_accuracies(scores, chance).savefig(report_dir / 'task_accuracy.png', dpi=120)
     return write_results(report_dir, results, started, render_report)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the experiment from the command line and print the report."""
-    parser = experiment_parser(__doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples, fewer batches and task rows')
+    parser = experiment_parser(
+        __doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples, fewer batches and task rows'
+    )
     parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the training runs')
-    parser.add_argument('--shearing-init', type=ShearingInit.parse, default=ShearingInit('all_kept'),
-                        help='masks of the shearing arms: all_kept (the original code\'s start), importance or uniform:P, '
-                        'drop rate P (default: all_kept)')
+    parser.add_argument(
+        '--shearing-init',
+        type=ShearingInit.parse,
+        default=ShearingInit('all_kept'),
+        help="masks of the shearing arms: all_kept (the original code's start), importance or uniform:P, "
+        'drop rate P (default: all_kept)',
+    )
     parser.add_argument('--scratch', action='store_true', help='also train T from scratch on the same tokens')
-    parser.add_argument('--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages')
-    parser.add_argument('--task-dir', type=Path, default=TASK_DIR, help='task files (default: ../shared/data/eval-tasks)')
+    parser.add_argument(
+        '--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages'
+    )
+    parser.add_argument(
+        '--task-dir', type=Path, default=TASK_DIR, help='task files (default: ../shared/data/eval-tasks)'
+    )
     args = parser.parse_args(argv)
     output_dir, command = start(args, __spec__.name, argv)
-    print_report(run_experiment(
-        output_dir, QUICK if args.quick else FULL, args.seeds, command, args.shearing_init, args.scratch, args.data, args.task_dir,
-        resume=args.resume,
-    ))
+    print_report(
+        run_experiment(
+            output_dir,
+            QUICK if args.quick else FULL,
+            args.seeds,
+            command,
+            args.shearing_init,
+            args.scratch,
+            args.data,
+            args.task_dir,
+            resume=args.resume,
+        )
+    )
 
 
 if __name__ == '__main__':

@@ -72,8 +72,17 @@ from scripts.experiments.common import (
 
 TOKENIZER = REPO.parent / 'shared' / 'tokenizers' / 'mistral-7b-v0.1' / 'tokenizer.model'
 SOURCE_SEED = 17
-SOURCE_SHAPE = dict(hidden_size=128, num_attention_heads=4, num_key_value_heads=4, intermediate_size=512, num_hidden_layers=4, head_dim=32)
-TARGET_SHAPE = dict(hidden_size=112, num_attention_heads=3, num_key_value_heads=3, intermediate_size=384, num_hidden_layers=3)
+SOURCE_SHAPE = dict(
+    hidden_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    intermediate_size=512,
+    num_hidden_layers=4,
+    head_dim=32,
+)
+TARGET_SHAPE = dict(
+    hidden_size=112, num_attention_heads=3, num_key_value_heads=3, intermediate_size=384, num_hidden_layers=3
+)
 MODELS = {
     'source': 'S, the source',
     'pruned': 'T pruned (doremi), before continued pre-training',
@@ -121,8 +130,16 @@ def pruning_and_continued(
         settings, f'pruning ({update}, seed {seed})', source_model, data_dir, run_dir, seed, mix, TARGET_SHAPE, weights,
     )
     continued = continued_run(
-        settings, f'continued pre-training ({update}, seed {seed})', pruning.final_model, data_dir,
-        run_dir / 'continued_pretraining', settings.continued_batches, seed, mix, weights, pruning_dir=pruning.output_dir,
+        settings,
+        f'continued pre-training ({update}, seed {seed})',
+        pruning.final_model,
+        data_dir,
+        run_dir / 'continued_pretraining',
+        settings.continued_batches,
+        seed,
+        mix,
+        weights,
+        pruning_dir=pruning.output_dir,
     )
     return pruning, continued
 
@@ -134,7 +151,9 @@ def loss_rows(results: dict[str, Any]) -> list[list[str]]:
         per_seed = results['models'][name]
         cells = []
         for key in (*DOMAINS, 'all domains'):
-            mean, spread = mean_and_spread([evaluation['losses'][key] if key in DOMAINS else evaluation['mean_loss'] for evaluation in per_seed])
+            mean, spread = mean_and_spread(
+                [evaluation['losses'][key] if key in DOMAINS else evaluation['mean_loss'] for evaluation in per_seed]
+            )
             cells.append(f'{mean:.3f}' if len(per_seed) == 1 else f'{mean:.3f} ± {spread:.3f}')
         rows.append([label, *cells])
     return rows
@@ -152,7 +171,10 @@ def compared(better: tuple[float, float], worse: tuple[float, float]) -> str:
 
 def outcome_sentences(results: dict[str, Any]) -> list[str]:
     """What the numbers say about pruned vs scratch and doremi vs constant, one sentence each."""
-    mean = {name: mean_and_spread([evaluation['mean_loss'] for evaluation in runs]) for name, runs in results['models'].items()}
+    mean = {
+        name: mean_and_spread([evaluation['mean_loss'] for evaluation in runs])
+        for name, runs in results['models'].items()
+    }
     tokens = results['settings']['tokens_small_model']
     seeds = len(results['seeds'])
     continued, scratch, constant = mean['continued'], mean['scratch'], mean['continued_constant']
@@ -160,7 +182,7 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
     return [
         f'Pruned + continued reaches a mean eval loss of {continued[0]:.3f} ± {continued[1]:.3f} against '
         f'{scratch[0]:.3f} ± {scratch[1]:.3f} for the same shape trained from scratch on the same {tokens:,} tokens '
-        f'({seeds} seeds; mean ± half range): {compared(continued, scratch)} (the source model\'s own '
+        f"({seeds} seeds; mean ± half range): {compared(continued, scratch)} (the source model's own "
         f'training, {mean["source"][0]:.3f} at its end, is not counted in that budget).',
         f'With doremi domain weights the pruned + continued model reaches {continued[0]:.3f} ± {continued[1]:.3f}, with constant '
         f'weights {constant[0]:.3f} ± {constant[1]:.3f} (mean over all eval tokens): doremi is {compared(continued, constant)}; '
@@ -176,7 +198,7 @@ def source_convergence(results: dict[str, Any]) -> str:
     whole_fall, late_fall = losses[0] - losses[-1], losses[last_quarter] - losses[-1]
     epochs = tokens[-1] / sum(results['training_tokens'].values())
     return (
-        f'S\'s mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after {int(tokens[-1]):,} '
+        f"S's mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after {int(tokens[-1]):,} "
         f'tokens ({epochs:.2f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
         f'fell by {late_fall:.3f} nats, {late_fall / whole_fall:.1%} of its whole fall.'
     )
@@ -204,19 +226,29 @@ def render_report(results: dict[str, Any]) -> str:
         *report.markdown_table(
             ['model', *report.SHAPE_HEADERS.values(), 'head dim', 'non-embedding parameters', 'training'],
             [
-                ['S (source)', *(source[field] for field in report.SHAPE_HEADERS), source['head_dim'], f'{results["parameters"]["source"]:,}',
-                 f'{settings["source_batches"]} batches from scratch ({settings["source_batches"] * settings["tokens_per_batch"]:,} tokens)'],
-                ['T (pruned, scratch)', *(target[field] for field in report.SHAPE_HEADERS), target['head_dim'], f'{results["parameters"]["target"]:,}',
-                 f'pruning {settings["pruning_batches"]} + continued {settings["continued_batches"]} batches; scratch '
-                 f'{settings["pruning_batches"] + settings["continued_batches"]} batches ({settings["tokens_small_model"]:,} tokens)'],
+                [
+                    'S (source)',
+                    *(source[field] for field in report.SHAPE_HEADERS),
+                    source['head_dim'],
+                    f'{results["parameters"]["source"]:,}',
+                    f'{settings["source_batches"]} batches from scratch ({settings["source_batches"] * settings["tokens_per_batch"]:,} tokens)',
+                ],
+                [
+                    'T (pruned, scratch)',
+                    *(target[field] for field in report.SHAPE_HEADERS),
+                    target['head_dim'],
+                    f'{results["parameters"]["target"]:,}',
+                    f'pruning {settings["pruning_batches"]} + continued {settings["continued_batches"]} batches; scratch '
+                    f'{settings["pruning_batches"] + settings["continued_batches"]} batches ({settings["tokens_small_model"]:,} tokens)',
+                ],
             ],
         ),
         '',
-        f'T keeps {results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S\'s non-embedding parameters; '
+        f"T keeps {results['parameters']['target'] / results['parameters']['source']:.1%} of S's non-embedding parameters; "
         'pruning learns masks over layers, attention heads, MLP channels and the hidden width. S, scratch and pruning start from the '
         f'natural mix of the {sum(results["training_tokens"].values()):,} training tokens, each domain in proportion to its '
         f'tokens ({", ".join(f"{domain} {share:.3f}" for domain, share in results["mix"].items())}); S, scratch and the '
-        'constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S\'s own '
+        "constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S's own "
         'per-domain eval losses, and continued pre-training starts from the domain weights its pruning run ended with. '
         'The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
         '',
@@ -226,17 +258,20 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         *report.markdown_table(
             ['tokens', 'epochs', 'mean eval loss'],
-            [[f'{tokens:,}', f'{tokens / sum(results["training_tokens"].values()):.2f}', f'{loss:.3f}'] for tokens, loss in zip(*results['source_curve'])],
+            [
+                [f'{tokens:,}', f'{tokens / sum(results["training_tokens"].values()):.2f}', f'{loss:.3f}']
+                for tokens, loss in zip(*results['source_curve'])
+            ],
         ),
         '',
         '![Eval loss of the source per domain](source_loss.png)',
         '',
-        'S\'s eval loss per domain against its training batches (dotted: the loader\'s reference, its losses at '
+        "S's eval loss per domain against its training batches (dotted: the loader's reference, its losses at "
         'random initialisation, which constant weights do not use).',
         '',
         '## Eval loss per domain',
         '',
-        'Mean loss per predicted token (nats) on each domain\'s eval split; *all domains* is the mean over all eval tokens. '
+        "Mean loss per predicted token (nats) on each domain's eval split; *all domains* is the mean over all eval tokens. "
         'Mean ± half the range over the seeds (S: one run).',
         '',
         *report.markdown_table(['model', *DOMAINS, 'all domains'], loss_rows(results)),
@@ -291,15 +326,28 @@ def run_experiment(
     for seed in seeds:
         seed_dir = output_dir / f'seed_{seed}'
         doremi, constant = (
-            pruning_and_continued(settings, data_dir, source.final_model, seed_dir / update, seed, mix, update, reference)
+            pruning_and_continued(
+                settings, data_dir, source.final_model, seed_dir / update, seed, mix, update, reference
+            )
             for update in ('doremi', 'constant')
         )
         scratch_init = write_initial_model(seed_dir / 'scratch_init', vocab_size, tokenizer, **target_config)
         scratch = scratch_run(
-            settings, f'scratch (seed {seed})', scratch_init, data_dir, seed_dir / 'scratch', settings.small_model_batches,
-            seed, mix,
+            settings,
+            f'scratch (seed {seed})',
+            scratch_init,
+            data_dir,
+            seed_dir / 'scratch',
+            settings.small_model_batches,
+            seed,
+            mix,
         )
-        named = dict(zip(('pruned', 'continued', 'pruned_constant', 'continued_constant', 'scratch'), (*doremi, *constant, scratch)))
+        named = dict(
+            zip(
+                ('pruned', 'continued', 'pruned_constant', 'continued_constant', 'scratch'),
+                (*doremi, *constant, scratch),
+            )
+        )
         for name, run in named.items():
             evaluations[name].append(evaluate(ledger.train(run), data_dir, run.output_dir / 'losses.json'))
         runs_by_seed[seed] = named
@@ -318,7 +366,10 @@ def run_experiment(
         'mix': dict(zip(DOMAINS, mix)),
         'settings': settings.recorded(),
         'shapes': {'source': source_shape.config_updates(), 'target': target_config},
-        'parameters': {'source': source_shape.num_non_embedding_params(), 'target': target_shape.num_non_embedding_params()},
+        'parameters': {
+            'source': source_shape.num_non_embedding_params(),
+            'target': target_shape.num_non_embedding_params(),
+        },
         'models': evaluations,
         'stages': ledger.stages,
         'stage_commands': [source.command, *(run.command for named in runs_by_seed.values() for run in named.values())],
@@ -328,7 +379,9 @@ def run_experiment(
     report_dir.mkdir()
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for named in runs_by_seed.values():
-        curves.setdefault('pruned + continued (doremi)', []).append(runs_curve([named['pruned'], named['continued']], settings.tokens_per_batch))
+        curves.setdefault('pruned + continued (doremi)', []).append(
+            runs_curve([named['pruned'], named['continued']], settings.tokens_per_batch)
+        )
         curves.setdefault('pruned + continued (constant)', []).append(
             runs_curve([named['pruned_constant'], named['continued_constant']], settings.tokens_per_batch),
         )
@@ -345,12 +398,23 @@ def run_experiment(
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the experiment from the command line and print the report."""
-    parser = experiment_parser(__doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples and fewer batches')
-    parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the pruning, continued and scratch runs')
-    parser.add_argument('--tokenizer', type=Path, default=TOKENIZER, help='SentencePiece tokenizer.model (default: ../shared Mistral-7B)')
+    parser = experiment_parser(
+        __doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples and fewer batches'
+    )
+    parser.add_argument(
+        '--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the pruning, continued and scratch runs'
+    )
+    parser.add_argument(
+        '--tokenizer',
+        type=Path,
+        default=TOKENIZER,
+        help='SentencePiece tokenizer.model (default: ../shared Mistral-7B)',
+    )
     args = parser.parse_args(argv)
     output_dir, command = start(args, __spec__.name, argv)
-    print_report(run_experiment(output_dir, QUICK if args.quick else FULL, args.seeds, command, args.data, args.tokenizer))
+    print_report(
+        run_experiment(output_dir, QUICK if args.quick else FULL, args.seeds, command, args.data, args.tokenizer)
+    )
 
 
 if __name__ == '__main__':

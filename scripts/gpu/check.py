@@ -70,7 +70,9 @@ BF16_RELATIVE_TOLERANCE = 2e-2
 # Invariant 1 of the design, for fp32 logits.
 FP32_TOLERANCE = 1e-5
 
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008)
+LLAMA2_7B = dict(
+    vocab_size=32000, hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, intermediate_size=11008
+)
 LLAMA3_8B = dict(
     vocab_size=128256, hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, intermediate_size=14336,
     rope_theta=500000.0,
@@ -118,7 +120,13 @@ GPU = Settings(
     scaled_layers=(32, 16),
     scaled_repeats=3,
     matmul_size=8192,
-    timeouts={'environment': 40, 'pure_pytorch': 100, 'composer_train': 180, 'composer_fsdp': 70, 'scaled_throughput': 90},
+    timeouts={
+        'environment': 40,
+        'pure_pytorch': 100,
+        'composer_train': 180,
+        'composer_fsdp': 70,
+        'scaled_throughput': 90,
+    },
 )
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=176, num_hidden_layers=2)
 TINY_MHA = TINY | dict(num_attention_heads=4, num_key_value_heads=4)
@@ -237,14 +245,20 @@ def part_environment(settings: Settings, work_dir: Path) -> dict[str, Any]:
         except Exception as error:  # noqa: BLE001 - what failed is the finding
             result['imports'][module] = {'ok': False, 'error': f'{type(error).__name__}: {error}'}
         else:
-            result['imports'][module] = {'ok': True, 'version': version, 'seconds': round(time.perf_counter() - start, 1)}
+            result['imports'][module] = {
+                'ok': True,
+                'version': version,
+                'seconds': round(time.perf_counter() - start, 1),
+            }
     registered = False
     if result['imports']['llmfoundry']['ok']:
         from llmfoundry.registry import algorithms, callbacks, dataloaders
 
         registered = 'shearing' in algorithms and 'dynamic_loading' in callbacks and 'dynamic_text' in dataloaders
     result['plugin_registered'] = registered
-    result['checks'] = {name: entry['ok'] for name, entry in result['imports'].items()} | {'plugin_registered': registered}
+    result['checks'] = {name: entry['ok'] for name, entry in result['imports'].items()} | {
+        'plugin_registered': registered
+    }
     imports = ', '.join(
         f"{name} {entry['version']}" if entry['ok'] else f"{name} FAILED ({entry['error']})"
         for name, entry in result['imports'].items()
@@ -260,7 +274,11 @@ def part_environment(settings: Settings, work_dir: Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------- pure PyTorch
 
 
-def _overhead_of_family(family: Family, settings: Settings, device: torch.device) -> dict[str, Any]:
+def _training_step_overhead(
+    family: Family, settings: Settings, device: torch.device
+) -> tuple[nn.Module, torch.Tensor, dict[str, Any]]:
+    """Time and measure a masked training step against a plain one; return the masked model (its optimizer and the
+    plain model are freed on return), the step's input ids and the figures."""
     plain = _llama(family.config, device)
     masked = copy.deepcopy(plain)
     l0_module = attach_masks(masked, family.target, PRUNING_MODULES)
@@ -297,7 +315,11 @@ def _overhead_of_family(family: Family, settings: Settings, device: torch.device
             'plain_step_activations_gib': _gib(plain_peak),
             'masked_step_activations_gib': _gib(masked_peak),
         }
-    del plain, plain_optimizer, masked_optimizer
+    return masked, input_ids, result
+
+
+def _overhead_of_family(family: Family, settings: Settings, device: torch.device) -> dict[str, Any]:
+    masked, input_ids, result = _training_step_overhead(family, settings, device)
     _free_memory()
 
     masked.eval()
@@ -518,7 +540,9 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
     source = save_toy_model(work_dir / 'source')
     tokenizer = AutoTokenizer.from_pretrained(source)
     model = ComposerHFCausalLM(tokenizer=tokenizer, pretrained_model_name_or_path=str(source), use_train_metrics=False)
-    samples = [torch.from_numpy(sample.astype('int64')) for sample in random_token_samples(4 * batches, 64, len(tokenizer))]
+    samples = [
+        torch.from_numpy(sample.astype('int64')) for sample in random_token_samples(4 * batches, 64, len(tokenizer))
+    ]
     loader = DataLoader([{'input_ids': sample, 'labels': sample} for sample in samples], batch_size=4)
     fsdp = {
         'sharding_strategy': 'FULL_SHARD',
@@ -533,7 +557,14 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
         model=model,
         train_dataloader=loader,
         optimizers=DecoupledAdamW(model.parameters(), lr=1e-3),
-        algorithms=[Shearing(target=target, lagrangian_warmup=f'{batches // 2}ba', export_dir=str(work_dir / 'pruned'), export_dtype='fp32')],
+        algorithms=[
+            Shearing(
+                target=target,
+                lagrangian_warmup=f'{batches // 2}ba',
+                export_dir=str(work_dir / 'pruned'),
+                export_dtype='fp32',
+            )
+        ],
         max_duration=f'{batches}ba',
         device_train_microbatch_size=2,
         precision='amp_bf16' if on_gpu else 'fp32',
@@ -565,9 +596,9 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
             'export_matches_masked_model': export['absolute_difference'] <= FP32_TOLERANCE,
         },
         'summary': [
-            f"{batches} batches, {'FSDP FULL_SHARD, amp_bf16, non-reentrant activation checkpointing, use_orig_params' if fsdp_enabled else 'no FSDP (CPU)'}: "
+            f'{batches} batches, {"FSDP FULL_SHARD, amp_bf16, non-reentrant activation checkpointing, use_orig_params" if fsdp_enabled else "no FSDP (CPU)"}: '
             f'masks keep {counts}, multipliers trained {lambdas_moved}; FIT_END export (fp32) vs masked model '
-            f"max |diff| {export['absolute_difference']:.1e}",
+            f'max |diff| {export["absolute_difference"]:.1e}',
         ],
     }
 
@@ -578,7 +609,10 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
 def _matmul_flops_per_s(size: int, device: torch.device) -> float:
     """bf16 matrix-product throughput: the mean of ten products after three warm-ups."""
     dtype = torch.bfloat16 if device.type == 'cuda' else torch.float32
-    left, right = torch.randn(size, size, device=device, dtype=dtype), torch.randn(size, size, device=device, dtype=dtype)
+    left, right = (
+        torch.randn(size, size, device=device, dtype=dtype),
+        torch.randn(size, size, device=device, dtype=dtype),
+    )
     for _ in range(3):
         left @ right
     seconds = timed(lambda: [left @ right for _ in range(10)], device)
@@ -646,12 +680,12 @@ def part_scaled_throughput(settings: Settings, work_dir: Path) -> dict[str, Any]
     )
     peak = '' if measured['peak_gib'] is None else f", peak {measured['peak_gib']} GiB"
     result['summary'] = [
-        f"pruning step {settings.batch_size} x {settings.seq_len} tokens, {depth}: {measured['tokens_per_s']:,} tokens/s/GPU, "
-        f"{measured['step_ms']:.0f} ms/step{peak}, MFU {result['mfu_of_h200_datasheet']:.0%} of "
+        f'pruning step {settings.batch_size} x {settings.seq_len} tokens, {depth}: {measured["tokens_per_s"]:,} tokens/s/GPU, '
+        f'{measured["step_ms"]:.0f} ms/step{peak}, MFU {result["mfu_of_h200_datasheet"]:.0%} of '
         f"the H200's {H200_PEAK_BF16 / 1e12:.0f} TFLOP/s ({result['mfu_of_measured_matmul']:.0%} of the "
-        f"{result['matmul_tflops']} TFLOP/s measured on a matrix product)",
+        f'{result["matmul_tflops"]} TFLOP/s measured on a matrix product)',
         f'original code: {ORIGINAL_TOKENS_PER_A100:,} tokens/s per A100, MFU '
-        f"{result['original_mfu_of_a100_datasheet']:.0%} of its {A100_PEAK_BF16 / 1e12:.0f} TFLOP/s",
+        f'{result["original_mfu_of_a100_datasheet"]:.0%} of its {A100_PEAK_BF16 / 1e12:.0f} TFLOP/s',
     ]
     return result
 
@@ -679,7 +713,11 @@ def run_part(name: str, settings: Settings, work_dir: Path, result_file: Path) -
         result['status'] = 'ok' if all(result['checks'].values()) else 'failed'
     except Exception as error:  # noqa: BLE001 - the error is the part's result
         traceback.print_exc()
-        result = {'status': 'error', 'error': f'{type(error).__name__}: {error}', 'summary': [f'{type(error).__name__}: {error}']}
+        result = {
+            'status': 'error',
+            'error': f'{type(error).__name__}: {error}',
+            'summary': [f'{type(error).__name__}: {error}'],
+        }
     result['seconds'] = round(time.perf_counter() - start, 1)
     result_file.write_text(json.dumps(result, indent=2, default=str))
 
@@ -690,15 +728,29 @@ def run_all(dry_run: bool, output_dir: Path, parts: list[str]) -> dict[str, Any]
     summary: dict[str, Any] = {'dry_run': dry_run, 'parts': {}}
     with tempfile.TemporaryDirectory(prefix='gpu-check-') as scratch:
         for name in parts:
-            work_dir, result_file, log = Path(scratch) / name, Path(scratch) / f'{name}.json', output_dir / f'{name}.log'
+            work_dir, result_file, log = (
+                Path(scratch) / name,
+                Path(scratch) / f'{name}.json',
+                output_dir / f'{name}.log',
+            )
             work_dir.mkdir()
             command = [
-                sys.executable, '-m', __spec__.name, '--part', name, '--work-dir', str(work_dir), '--result', str(result_file),
+                sys.executable,
+                '-m',
+                __spec__.name,
+                '--part',
+                name,
+                '--work-dir',
+                str(work_dir),
+                '--result',
+                str(result_file),
             ]
             command += ['--dry-run'] if dry_run else []
             start = time.perf_counter()
             with log.open('w') as log_file:
-                process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+                process = subprocess.Popen(
+                    command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                )
                 try:
                     process.wait(timeout=settings.timeouts[name])
                 except subprocess.TimeoutExpired:
@@ -708,8 +760,16 @@ def run_all(dry_run: bool, output_dir: Path, parts: list[str]) -> dict[str, Any]
                 result = json.loads(result_file.read_text())
             else:
                 stopped = 'timeout' if process.returncode == -signal.SIGKILL else 'crashed'
-                ended = f'ran past {settings.timeouts[name]} s' if stopped == 'timeout' else f'exited with {process.returncode}'
-                result = {'status': stopped, 'error': f'{ended}:\n{_tail(log)}', 'summary': [ended + '; see ' + log.name]}
+                ended = (
+                    f'ran past {settings.timeouts[name]} s'
+                    if stopped == 'timeout'
+                    else f'exited with {process.returncode}'
+                )
+                result = {
+                    'status': stopped,
+                    'error': f'{ended}:\n{_tail(log)}',
+                    'summary': [ended + '; see ' + log.name],
+                }
                 result['seconds'] = round(time.perf_counter() - start, 1)
             summary['parts'][name] = result
     summary['ok'] = all(part['status'] == 'ok' for part in summary['parts'].values())
@@ -731,8 +791,12 @@ def summary_block(summary: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--dry-run', action='store_true', help='toy sizes on the CPU, to check the script itself')
-    parser.add_argument('--output-dir', type=Path, default=os.environ.get('OUT'), help='where the summary and logs go (default: $OUT)')
-    parser.add_argument('--parts', nargs='+', choices=PARTS, default=list(PARTS), help='run only these parts (default: all)')
+    parser.add_argument(
+        '--output-dir', type=Path, default=os.environ.get('OUT'), help='where the summary and logs go (default: $OUT)'
+    )
+    parser.add_argument(
+        '--parts', nargs='+', choices=PARTS, default=list(PARTS), help='run only these parts (default: all)'
+    )
     parser.add_argument('--part', choices=PARTS, help=argparse.SUPPRESS)
     parser.add_argument('--work-dir', type=Path, help=argparse.SUPPRESS)
     parser.add_argument('--result', type=Path, help=argparse.SUPPRESS)

@@ -7,11 +7,11 @@ import torch
 from composer import Trainer
 from composer.core import Event
 from composer.models import HuggingFaceModel
-from conftest import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 from torch.utils.data import DataLoader
 
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
+from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}
 MODULES = ['head', 'intermediate', 'hidden']
@@ -47,7 +47,10 @@ def test_lagrangian_counts_once_per_batch_under_gradient_accumulation(microbatch
     algorithm = Shearing(TARGET, MODULES, lagrangian_warmup='0ba', lag_lr=0.5, init='uniform')
     trainer = _trainer(algorithm, microbatch_size)
     l0_module = algorithm.l0_module
-    gaps = {name: l0_module.expected_sparsities()[name].detach() - l0_module.target_sparsities(1.0)[name] for name in MODULES}
+    gaps = {
+        name: l0_module.expected_sparsities()[name].detach() - l0_module.target_sparsities(1.0)[name]
+        for name in MODULES
+    }
     trainer.fit()
     for name in MODULES:
         lambda_1, lambda_2 = l0_module.lambdas[name].tolist()
@@ -105,7 +108,10 @@ def test_loss_is_split_into_language_model_and_lagrangian():
     [
         ({'lag_lr': 0.0}, 'algorithms.shearing.lag_lr must be positive, got 0.0'),
         ({'lagrangian_warmup': 'soon'}, 'algorithms.shearing.lagrangian_warmup'),
-        ({'export_dtype': 'int8'}, "algorithms.shearing.export_dtype must be one of \\['bf16', 'fp16', 'fp32'\\], got 'int8'"),
+        (
+            {'export_dtype': 'int8'},
+            "algorithms.shearing.export_dtype must be one of \\['bf16', 'fp16', 'fp32'\\], got 'int8'",
+        ),
     ],
 )
 def test_bad_algorithm_settings(kwargs, message):
@@ -132,6 +138,8 @@ def test_default_pruning_modules_are_every_kind_the_source_has():
 
 def test_resuming_with_another_target_is_an_error():
     saved = Shearing(TARGET, MODULES).state_dict()
-    with pytest.raises(ValueError, match=r"algorithms.shearing.target=\{'hidden_size': 16\} differs from the checkpoint's"):
+    with pytest.raises(
+        ValueError, match=r"algorithms.shearing.target=\{'hidden_size': 16\} differs from the checkpoint's"
+    ):
         Shearing({'hidden_size': 16}, MODULES).load_state_dict(saved)
     Shearing(TARGET, MODULES).load_state_dict(saved)

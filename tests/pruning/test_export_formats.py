@@ -17,8 +17,8 @@ from llmshearing import cli
 from llmshearing.callbacks.dynamic_loading import final_domain_weights
 from llmshearing.pruning.export import EXPORTED_STATE, load_checkpoint
 from llmshearing.toy import save_toy_model, write_random_domain_data
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ['code', 'reference', 'docs']
 STATE_DICT_TYPES = ('full', 'sharded')
 pytestmark = pytest.mark.slow

@@ -14,9 +14,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from llmshearing import cli
 from llmshearing.evaluation import PAPER_TASKS, evaluate_models, load_tasks
 from llmshearing.evaluation.tasks import subset_rows
-from llmshearing.toy import byte_level_tokenizer, save_toy_model
+from llmshearing.toy import save_toy_model
+from tests.paths import SHARED
 
-SHARED_TASKS = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'eval-tasks'
+SHARED_TASKS = SHARED / 'data' / 'eval-tasks'
 needs_shared_tasks = pytest.mark.skipif(
     not SHARED_TASKS.is_dir(), reason='needs ../shared/data/eval-tasks (the paper\'s downstream tasks)',
 )
@@ -228,7 +229,10 @@ def test_outputs_and_rows_match_an_independent_computation(task_dir: Path, toy_m
         model_records = [record for record in records if record['model'] == model]
         assert_rows_match(model_records, independent_records(Path(model), task_dir, rows), tolerance=1e-4)
     table = out.with_suffix('.md').read_text()
-    assert '| model | parameters | quiz (acc, 0-shot) | pronouns (acc, 0-shot) | last_word (acc, 0-shot) | average |' in table
+    assert (
+        '| model | parameters | quiz (acc, 0-shot) | pronouns (acc, 0-shot) | last_word (acc, 0-shot) | average |'
+        in table
+    )
     assert table.count('| toy') == 2
     assert out.with_suffix('.png').read_bytes()[:4] == b'\x89PNG'
 

@@ -24,21 +24,22 @@ from llmfoundry.utils.builders import build_composer_model
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from llmshearing.distillation import Distillation, distill_loss, kd_loss
-from llmshearing.distillation import algorithm
+from llmshearing.distillation import Distillation, algorithm, distill_loss, kd_loss
 from llmshearing.distillation.algorithm import load_teacher
 from llmshearing.loggers import read_metrics
 from llmshearing.preflight import check_train_config, load_train_config
 from llmshearing.pruning import Shearing
 from llmshearing.toy import byte_level_tokenizer, random_token_samples, save_toy_model, write_random_domain_data
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY_PRUNING_DISTILLATION = REPO / 'yamls' / 'tiny' / 'pruning_distillation.yaml'
 DOMAINS = ['code', 'reference', 'docs']
 TARGET = {'hidden_size': 48, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 3}
 
 
-def reference_kd(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+def reference_kd(
+    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
     per_position = F.kl_div(
         F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
         log_target=True, reduction='none',
@@ -81,14 +82,18 @@ def test_kd_loss_errors():
     logits = torch.randn(2, 4, 8)
     with pytest.raises(ValueError, match=r'^temperature must be positive, got 0$'):
         kd_loss(logits, logits, temperature=0)
-    with pytest.raises(ValueError, match=r'^student logits \(2, 4, 8\) and teacher logits \(2, 4, 9\) differ in shape$'):
+    with pytest.raises(
+        ValueError, match=r'^student logits \(2, 4, 8\) and teacher logits \(2, 4, 9\) differ in shape$'
+    ):
         kd_loss(logits, torch.randn(2, 4, 9))
     with pytest.raises(ValueError, match=r'^labels \(2, 3\) do not match the logits \(2, 4, 8\)$'):
         kd_loss(logits, logits, torch.zeros(2, 3, dtype=torch.long))
     student = logits.clone().requires_grad_()
     loss = kd_loss(student, torch.randn(2, 4, 8))
     loss.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match=r'^kd_loss backpropagates once \(its gradient is scaled in place\); compute it again$'):
+    with pytest.raises(
+        RuntimeError, match=r'^kd_loss backpropagates once \(its gradient is scaled in place\); compute it again$'
+    ):
         loss.backward()
 
 
@@ -127,7 +132,9 @@ def test_the_mix_keeps_other_terms_of_the_total(toy):
     outputs = model(**batch)
     lagrangian = torch.tensor(0.25)
     loss = {'total': outputs.loss + lagrangian, 'lm': outputs.loss, 'lagrangian': lagrangian}
-    mixed = distill_loss(loss, outputs.logits, teacher(batch['input_ids']).logits, batch['labels'], alpha=0.3, temperature=2.0)
+    mixed = distill_loss(
+        loss, outputs.logits, teacher(batch['input_ids']).logits, batch['labels'], alpha=0.3, temperature=2.0
+    )
     assert mixed.keys() == {'total', 'lm', 'lagrangian', 'kd'}
     assert mixed['kd'].item() > 0
     torch.testing.assert_close(mixed['total'], 0.3 * mixed['kd'] + 0.7 * outputs.loss + lagrangian)
@@ -143,11 +150,15 @@ class _RecordLosses(Callback):
         self.losses.append({name: value.item() for name, value in state.loss.items()})
 
 
-def _train(toy: dict[str, Path], algorithms: list, microbatch_size: int, steps: int = 2) -> tuple[Trainer, _RecordLosses]:
+def _train(
+    toy: dict[str, Path], algorithms: list, microbatch_size: int, steps: int = 2
+) -> tuple[Trainer, _RecordLosses]:
     torch.manual_seed(0)
     tokenizer = byte_level_tokenizer()
     model = build_composer_model(
-        'hf_causal_lm', {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': True, 'use_train_metrics': False}, tokenizer,
+        'hf_causal_lm',
+        {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': True, 'use_train_metrics': False},
+        tokenizer,
     )
     batches = [_batch(num_samples=2) for _ in range(steps)]
     recorder = _RecordLosses()
@@ -176,7 +187,9 @@ def test_with_shearing_in_either_order_the_total_is_kd_lm_and_lagrangian(toy):
     assert first.losses == second.losses
     for losses in first.losses:
         assert losses.keys() == {'total', 'lm', 'kd', 'lagrangian'}
-        assert losses['total'] == pytest.approx(0.4 * losses['kd'] + 0.6 * losses['lm'] + losses['lagrangian'], rel=1e-6)
+        assert losses['total'] == pytest.approx(
+            0.4 * losses['kd'] + 0.6 * losses['lm'] + losses['lagrangian'], rel=1e-6
+        )
     first_state, second_state = first_trainer.state.model.state_dict(), second_trainer.state.model.state_dict()
     assert all(torch.equal(tensor, second_state[name]) for name, tensor in first_state.items())
 
@@ -185,7 +198,9 @@ def test_gradient_accumulation_and_the_teacher_stays_out_of_optimizer_and_checkp
     distillation = Distillation(str(toy['teacher']), alpha=0.5)
     whole, whole_losses = _train(toy, [distillation], microbatch_size=2, steps=1)
     accumulated, _ = _train(toy, [Distillation(str(toy['teacher']), alpha=0.5)], microbatch_size=1, steps=1)
-    for (name, tensor), accumulated_tensor in zip(whole.state.model.named_parameters(), accumulated.state.model.parameters()):
+    for (name, tensor), accumulated_tensor in zip(
+        whole.state.model.named_parameters(), accumulated.state.model.parameters()
+    ):
         torch.testing.assert_close(tensor, accumulated_tensor, rtol=1e-5, atol=1e-6, msg=name)
 
     teacher_parameters = {id(parameter) for parameter in distillation.teacher.parameters()}
@@ -194,7 +209,9 @@ def test_gradient_accumulation_and_the_teacher_stays_out_of_optimizer_and_checkp
     assert not any(parameter.requires_grad for parameter in distillation.teacher.parameters())
     assert not distillation.teacher.training
     checkpoint = whole.state.state_dict()
-    assert sum(tensor.numel() for tensor in checkpoint['model'].values()) == sum(p.numel() for p in whole.state.model.parameters())
+    assert sum(tensor.numel() for tensor in checkpoint['model'].values()) == sum(
+        p.numel() for p in whole.state.model.parameters()
+    )
     assert checkpoint['algorithms'] == [('Distillation', {'repr': repr(distillation)})]
     assert whole_losses.losses[0].keys() == {'total', 'lm', 'kd'}
 
@@ -202,7 +219,8 @@ def test_gradient_accumulation_and_the_teacher_stays_out_of_optimizer_and_checkp
 def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path, monkeypatch):
     AutoConfig.from_pretrained(toy['teacher']).save_pretrained(tmp_path / 'config-only')
     student = build_composer_model(
-        'hf_causal_lm', {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': False, 'init_device': 'meta'},
+        'hf_causal_lm',
+        {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': False, 'init_device': 'meta'},
         byte_level_tokenizer(),
     )
     teacher = load_teacher(tmp_path / 'config-only', torch.bfloat16, device='meta')
@@ -221,8 +239,10 @@ def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path, monkeyp
     def wrapped(composer_child: torch.nn.Module) -> list[str]:
         """The modules Composer's policy wraps in each child of the module it is given (``_fsdp_wrap`` first)."""
         return [
-            name for name, submodule in composer_child.named_modules()
-            if submodule is not composer_child and getattr(submodule, '_fsdp_wrap', composer_child.fsdp_wrap_fn(submodule))
+            name
+            for name, submodule in composer_child.named_modules()
+            if submodule is not composer_child
+            and getattr(submodule, '_fsdp_wrap', composer_child.fsdp_wrap_fn(submodule))
         ]
 
     assert wrapped(holder.teacher) == wrapped(student.model) == [f'model.layers.{index}' for index in range(4)]
@@ -231,16 +251,33 @@ def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path, monkeyp
 
 
 def _config_overrides(toy: dict[str, Path], *extra: str) -> list[str]:
-    return [f'variables.model_path={toy["teacher"]}', f'variables.data_local={toy["root"] / "data"}', f'save_folder={toy["root"] / "unused"}', *extra]
+    return [
+        f'variables.model_path={toy["teacher"]}',
+        f'variables.data_local={toy["root"] / "data"}',
+        f'save_folder={toy["root"] / "unused"}',
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize(
     ('override', 'error', 'message'),
     [
         ('algorithms.distillation.alpha=1.5', ValueError, 'algorithms.distillation.alpha must be in [0, 1], got 1.5'),
-        ('algorithms.distillation.temperature=0', ValueError, 'algorithms.distillation.temperature must be positive, got 0'),
-        ('algorithms.distillation.teacher=/nonexistent/teacher', FileNotFoundError, 'algorithms.distillation.teacher: /nonexistent/teacher does not exist'),
-        ('algorithms.distillation.temprature=2', ValueError, 'algorithms.distillation.temprature is not a setting; the settings are teacher, temperature, alpha, chunk_size'),
+        (
+            'algorithms.distillation.temperature=0',
+            ValueError,
+            'algorithms.distillation.temperature must be positive, got 0',
+        ),
+        (
+            'algorithms.distillation.teacher=/nonexistent/teacher',
+            FileNotFoundError,
+            'algorithms.distillation.teacher: /nonexistent/teacher does not exist',
+        ),
+        (
+            'algorithms.distillation.temprature=2',
+            ValueError,
+            'algorithms.distillation.temprature is not a setting; the settings are teacher, temperature, alpha, chunk_size',
+        ),
     ],
     ids=['alpha', 'temperature', 'missing_teacher', 'unknown_key'],
 )
@@ -255,7 +292,11 @@ def test_a_teacher_with_another_vocabulary_or_tokenizer_fails_before_training(to
     config = json.loads((bigger_vocabulary / 'config.json').read_text())
     (bigger_vocabulary / 'config.json').write_text(json.dumps(config | {'vocab_size': 300}))
     with pytest.raises(ValueError) as raised:
-        check_train_config(load_train_config(TINY_PRUNING_DISTILLATION, _config_overrides(toy, f'variables.teacher_path={bigger_vocabulary}')))
+        check_train_config(
+            load_train_config(
+                TINY_PRUNING_DISTILLATION, _config_overrides(toy, f'variables.teacher_path={bigger_vocabulary}')
+            )
+        )
     assert str(raised.value) == (
         f"algorithms.distillation.teacher: the vocabulary of {bigger_vocabulary} (300) differs from the student's (259)"
     )
@@ -268,8 +309,15 @@ def test_a_teacher_with_another_vocabulary_or_tokenizer_fails_before_training(to
     )
     (other_tokenizer / 'tokenizer.json').write_text(json.dumps(vocabulary))
     with pytest.raises(ValueError) as raised:
-        check_train_config(load_train_config(TINY_PRUNING_DISTILLATION, _config_overrides(toy, f'variables.teacher_path={other_tokenizer}')))
-    assert str(raised.value) == f"algorithms.distillation.teacher: the tokenizer of {other_tokenizer} differs from the student's"
+        check_train_config(
+            load_train_config(
+                TINY_PRUNING_DISTILLATION, _config_overrides(toy, f'variables.teacher_path={other_tokenizer}')
+            )
+        )
+    assert (
+        str(raised.value)
+        == f"algorithms.distillation.teacher: the tokenizer of {other_tokenizer} differs from the student's"
+    )
 
 
 @pytest.mark.slow
@@ -277,16 +325,28 @@ def test_pruning_run_with_distillation_and_dynamic_loading_writes_a_pruned_model
     source = save_toy_model(tmp_path / 'source')
     write_random_domain_data(tmp_path / 'data', DOMAINS, train_samples=32, eval_samples=4, seq_len=64)
     command = [
-        sys.executable, str(REPO / 'train.py'), str(TINY_PRUNING_DISTILLATION),
-        f'variables.model_path={source}', f'variables.data_local={tmp_path / "data"}', f'variables.output_dir={tmp_path / "run"}',
-        'max_duration=8ba', 'eval_interval=4ba', f'algorithms.shearing.export_dir={tmp_path / "pruned"}',
+        sys.executable,
+        str(REPO / 'train.py'),
+        str(TINY_PRUNING_DISTILLATION),
+        f'variables.model_path={source}',
+        f'variables.data_local={tmp_path / "data"}',
+        f'variables.output_dir={tmp_path / "run"}',
+        'max_duration=8ba',
+        'eval_interval=4ba',
+        f'algorithms.shearing.export_dir={tmp_path / "pruned"}',
         'algorithms.shearing.export_dtype=fp32',
     ]
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
     metrics = read_metrics(tmp_path / 'run' / 'metrics.jsonl')
-    for name in ('loss/train/kd', 'loss/train/lm', 'loss/train/total', 'loss/train/lagrangian', 'dynamic_loading/proportion/code'):
+    for name in (
+        'loss/train/kd',
+        'loss/train/lm',
+        'loss/train/total',
+        'loss/train/lagrangian',
+        'dynamic_loading/proportion/code',
+    ):
         assert len(metrics[name]) >= 1, name
     for (_, kd), (_, lm), (_, lagrangian), (_, total) in zip(
         *(metrics[f'loss/train/{name}'] for name in ('kd', 'lm', 'lagrangian', 'total')),
@@ -297,7 +357,9 @@ def test_pruning_run_with_distillation_and_dynamic_loading_writes_a_pruned_model
     pruned = AutoModelForCausalLM.from_pretrained(tmp_path / 'pruned')
     for field, size in TARGET.items():
         assert getattr(pruned.config, field) == size
-    checkpoint = torch.load(tmp_path / 'run' / 'checkpoints' / 'latest-rank0.pt', map_location='cpu', weights_only=False)
+    checkpoint = torch.load(
+        tmp_path / 'run' / 'checkpoints' / 'latest-rank0.pt', map_location='cpu', weights_only=False
+    )
     source_weights = load_file(source / 'model.safetensors')
     checkpointed = checkpoint['state']['model']
     assert not any('teacher' in name for name in checkpointed)

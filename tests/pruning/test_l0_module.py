@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB_SIZE
 
 from llmshearing.pruning import L0Module, ModelShape, attach_masks
 from llmshearing.pruning.hard_concrete import (
@@ -17,9 +16,14 @@ from llmshearing.pruning.hard_concrete import (
     keep_probability,
     sample_hard_concrete,
 )
+from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
-MHA = ModelShape(hidden_size=32, num_attention_heads=4, num_key_value_heads=4, head_dim=8, intermediate_size=64, num_hidden_layers=3)
-GQA = ModelShape(hidden_size=32, num_attention_heads=8, num_key_value_heads=2, head_dim=16, intermediate_size=64, num_hidden_layers=3)
+MHA = ModelShape(
+    hidden_size=32, num_attention_heads=4, num_key_value_heads=4, head_dim=8, intermediate_size=64, num_hidden_layers=3
+)
+GQA = ModelShape(
+    hidden_size=32, num_attention_heads=8, num_key_value_heads=2, head_dim=16, intermediate_size=64, num_hidden_layers=3
+)
 ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
 
 
@@ -175,12 +179,37 @@ def test_overall_sparsity_final_shape_rounds_expected_counts():
         (MHA, ALL_MODULES, {'intermediate_size': 0}, 'target intermediate_size must be a positive integer, got 0'),
         (MHA, ALL_MODULES, {'num_hidden_layers': 2.5}, 'target num_hidden_layers must be a positive integer, got 2.5'),
         (MHA, ALL_MODULES, {'head_dim': 4}, "Unknown target field(s) ['head_dim']"),
-        (GQA, ALL_MODULES + ['kv_head'], {'num_attention_heads': 3}, 'target num_attention_heads=3 is not a multiple of num_key_value_heads=2'),
-        (GQA, ALL_MODULES, {'num_attention_heads': 4, 'num_key_value_heads': 1}, "pruning module 'kv_head' is not in pruning_modules"),
-        (MHA, ['layer', 'head'], {'hidden_size': 16}, "target hidden_size=16 differs from the source's 32 but pruning module 'hidden'"),
+        (
+            GQA,
+            ALL_MODULES + ['kv_head'],
+            {'num_attention_heads': 3},
+            'target num_attention_heads=3 is not a multiple of num_key_value_heads=2',
+        ),
+        (
+            GQA,
+            ALL_MODULES,
+            {'num_attention_heads': 4, 'num_key_value_heads': 1},
+            "pruning module 'kv_head' is not in pruning_modules",
+        ),
+        (
+            MHA,
+            ['layer', 'head'],
+            {'hidden_size': 16},
+            "target hidden_size=16 differs from the source's 32 but pruning module 'hidden'",
+        ),
         (MHA, ['layer'], {'num_attention_heads': 2}, "pruning module 'head' is not in pruning_modules"),
-        (GQA, ['kv_head'], {'num_key_value_heads': 1, 'num_attention_heads': 8}, 'needs 8 query heads per key/value head; the source has 4'),
-        (MHA, ['head'], {'num_attention_heads': 2, 'num_key_value_heads': 1}, 'a multi-head-attention source is pruned by whole heads'),
+        (
+            GQA,
+            ['kv_head'],
+            {'num_key_value_heads': 1, 'num_attention_heads': 8},
+            'needs 8 query heads per key/value head; the source has 4',
+        ),
+        (
+            MHA,
+            ['head'],
+            {'num_attention_heads': 2, 'num_key_value_heads': 1},
+            'a multi-head-attention source is pruned by whole heads',
+        ),
         (MHA, ['kv_head'], {}, "pruning module 'kv_head' needs grouped-query attention"),
         (MHA, ['mlp'], {}, "Unknown pruning module 'mlp'"),
         (MHA, [], {}, 'pruning_modules is empty'),
@@ -230,7 +259,10 @@ def _mask_gradients(model, input_ids) -> dict[str, torch.Tensor]:
 
 
 def test_activation_checkpointing_keeps_the_mask_gradients():
-    target, modules = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}, ['head', 'intermediate', 'hidden']
+    target, modules = (
+        {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32},
+        ['head', 'intermediate', 'hidden'],
+    )
     input_ids = torch.randint(0, VOCAB_SIZE, (2, 12))
     plain = FAMILIES['llama3_gqa']()
     checkpointed = FAMILIES['llama3_gqa']()
@@ -247,7 +279,11 @@ def test_activation_checkpointing_keeps_the_mask_gradients():
 
 def test_bf16_weights_run_with_fp32_masks():
     model = FAMILIES['qwen2']().to(torch.bfloat16)
-    l0_module = attach_masks(model, {'hidden_size': 24, 'num_attention_heads': 2, 'intermediate_size': 32}, ['head', 'intermediate', 'hidden'])
+    l0_module = attach_masks(
+        model,
+        {'hidden_size': 24, 'num_attention_heads': 2, 'intermediate_size': 32},
+        ['head', 'intermediate', 'hidden'],
+    )
     assert l0_module.masks['hidden'].log_alpha.dtype == torch.float32
     gradients = _mask_gradients(model, torch.randint(0, VOCAB_SIZE, (2, 12)))
     assert all(torch.isfinite(gradient).all() and gradient.abs().sum() > 0 for gradient in gradients.values())

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from llmshearing import cli
 from llmshearing.pruning.export import masked_model_from_checkpoint
 from llmshearing.toy import save_toy_model, write_random_domain_data
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ['code', 'reference', 'docs']
 TARGET = {'hidden_size': 48, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 3}
 
@@ -28,12 +28,22 @@ def pruning_run(tmp_path_factory) -> Path:
     source = save_toy_model(root / 'source')
     write_random_domain_data(root / 'data', DOMAINS, train_samples=32, eval_samples=4, seq_len=64)
     command = [
-        str(Path(sys.executable).with_name('composer')), '-n', '1', str(REPO / 'train.py'), str(REPO / 'yamls/tiny/pruning.yaml'),
-        f'variables.model_path={source}', f'variables.data_local={root / "data"}', f'save_folder={root / "checkpoints"}',
-        'max_duration=16ba', 'eval_interval=8ba', f'algorithms.shearing.export_dir={root / "pruned"}',
+        str(Path(sys.executable).with_name('composer')),
+        '-n',
+        '1',
+        str(REPO / 'train.py'),
+        str(REPO / 'yamls/tiny/pruning.yaml'),
+        f'variables.model_path={source}',
+        f'variables.data_local={root / "data"}',
+        f'save_folder={root / "checkpoints"}',
+        'max_duration=16ba',
+        'eval_interval=8ba',
+        f'algorithms.shearing.export_dir={root / "pruned"}',
         'algorithms.shearing.export_dtype=fp32',
     ]
-    result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=os.environ | {'PYTHONUNBUFFERED': '1'})
+    result = subprocess.run(
+        command, cwd=root, capture_output=True, text=True, env=os.environ | {'PYTHONUNBUFFERED': '1'}
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert 'shearing/expected_sparsity/hidden' in result.stdout + result.stderr
     return root
@@ -52,7 +62,9 @@ def test_run_ends_with_masks_of_exactly_the_target_shape(pruning_run):
 
 def test_export_loads_in_transformers_and_matches_the_masked_model(pruning_run, tmp_path):
     output = tmp_path / 'pruned'
-    assert cli.main(['export', str(pruning_run / 'checkpoints' / 'latest-rank0.pt'), str(output), '--dtype', 'fp32']) == 0
+    assert (
+        cli.main(['export', str(pruning_run / 'checkpoints' / 'latest-rank0.pt'), str(output), '--dtype', 'fp32']) == 0
+    )
     assert (output / 'model.safetensors').is_file()
 
     pruned = AutoModelForCausalLM.from_pretrained(output).eval()

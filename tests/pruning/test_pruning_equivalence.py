@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB_SIZE
 
 from llmshearing.pruning import attach_masks, prune_model
+from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
 
@@ -64,7 +64,9 @@ def _masked_model(family: str, modules: list[str], target: dict[str, int]):
 @pytest.mark.parametrize(('family', 'modules', 'target'), PARAMS, ids=[f'{f}-{"+".join(m)}' for f, m, _ in PARAMS])
 def test_pruned_forward_equals_masked_eval_forward(family, modules, target):
     model, l0_module = _masked_model(family, modules, target)
-    mask_values = torch.cat([gates.flatten() for gates in vars(l0_module.deterministic_masks()).values() if gates is not None])
+    mask_values = torch.cat(
+        [gates.flatten() for gates in vars(l0_module.deterministic_masks()).values() if gates is not None]
+    )
     kept_values = mask_values[mask_values != 0]
     assert ((kept_values > 0.05) & (kept_values < 0.95)).any(), 'the test needs mask values that are not just 0 and 1'
 

@@ -43,7 +43,9 @@ def code(domain: int, index: int) -> int:
 def write_domains(folder: Path, sizes: Sequence[int] = SIZES, dtype: str = 'uint16', seq_len: int = SEQ_LEN) -> Path:
     """One MDS folder per domain under ``folder``, several shards each."""
     for domain, (name, size) in enumerate(zip(DOMAINS, sizes)):
-        with MDSWriter(out=str(folder / name), columns={'tokens': f'ndarray:{dtype}', 'domain': 'str'}, size_limit=1 << 10) as writer:
+        with MDSWriter(
+            out=str(folder / name), columns={'tokens': f'ndarray:{dtype}', 'domain': 'str'}, size_limit=1 << 10
+        ) as writer:
             for index in range(size):
                 writer.write({'tokens': np.full(seq_len, code(domain, index), dtype), 'domain': name})
     return folder
@@ -62,7 +64,10 @@ def dynamic_dataset(data: Path, **overrides) -> DynamicStreamingDataset:
 
 def loader(dataset, num_workers: int = 0, persistent_workers: bool = False) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=dataset.batch_size, num_workers=num_workers, persistent_workers=persistent_workers and num_workers > 0,
+        dataset,
+        batch_size=dataset.batch_size,
+        num_workers=num_workers,
+        persistent_workers=persistent_workers and num_workers > 0,
         prefetch_factor=2 if num_workers else None,
     )
 
@@ -77,7 +82,9 @@ def codes(batches: Sequence[dict]) -> list[int]:
     return [int(batch['input_ids'][row, 0]) for batch in batches for row in range(len(batch['input_ids']))]
 
 
-def read_with_change(data_loader: DataLoader, dataset, changes: dict[int, Sequence[float]], num_batches: int) -> list[int]:
+def read_with_change(
+    data_loader: DataLoader, dataset, changes: dict[int, Sequence[float]], num_batches: int
+) -> list[int]:
     """The codes of ``num_batches`` batches; ``changes[k]`` is set after ``k`` batches, as the callback sets it."""
     batches = endless(data_loader)
     read = []
@@ -111,7 +118,9 @@ def test_the_sequence_depends_on_the_seed_and_schedule_not_on_the_workers(data):
     sequences = []
     for num_workers, persistent_workers in [(0, False), (2, True), (2, False)]:
         dataset = dynamic_dataset(data, lookahead_batches=4)
-        sequences.append(read_with_change(loader(dataset, num_workers, persistent_workers), dataset, {30: NEW, 70: OLD}, 120))
+        sequences.append(
+            read_with_change(loader(dataset, num_workers, persistent_workers), dataset, {30: NEW, 70: OLD}, 120)
+        )
         del dataset
     assert sequences[0] == sequences[1] == sequences[2]
     assert len(sequences[0]) == 120 * BATCH
@@ -172,7 +181,9 @@ def test_two_ranks_read_disjoint_halves_of_the_one_rank_sequence(data, tmp_path)
         probe.bind(('127.0.0.1', 0))
         port = probe.getsockname()[1]
     ranks = [
-        multiprocessing.get_context('spawn').Process(target=read_as_rank, args=(rank, port, data, tmp_path / f'rank{rank}.json'))
+        multiprocessing.get_context('spawn').Process(
+            target=read_as_rank, args=(rank, port, data, tmp_path / f'rank{rank}.json')
+        )
         for rank in range(2)
     ]
     for process in ranks:
@@ -184,7 +195,9 @@ def test_two_ranks_read_disjoint_halves_of_the_one_rank_sequence(data, tmp_path)
 
     dataset = dynamic_dataset(data, batch_size=8)
     one_rank = read_with_change(loader(dataset), dataset, {30: NEW}, 60)
-    interleaved = [code for batch in range(60) for rank in range(2) for code in rank_codes[rank][4 * batch:4 * batch + 4]]
+    interleaved = [
+        code for batch in range(60) for rank in range(2) for code in rank_codes[rank][4 * batch : 4 * batch + 4]
+    ]
     assert interleaved == one_rank
 
     reads_per_pass: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
@@ -226,7 +239,11 @@ def test_resuming_from_a_checkpoint_reads_what_the_uninterrupted_run_reads(data,
         resumed.append(next(batches))
     assert codes(resumed) == codes(uninterrupted[70:])
     assert resumed_dataset.schedule == tuple(
-        [ProportionChange(0, OLD)] + [ProportionChange((index + 2 * num_workers) * BATCH, tuple(proportions)) for index, proportions in changes.items()],
+        [ProportionChange(0, OLD)]
+        + [
+            ProportionChange((index + 2 * num_workers) * BATCH, tuple(proportions))
+            for index, proportions in changes.items()
+        ],
     )
 
 
@@ -304,7 +321,10 @@ def test_bad_proportion_changes_are_refused(data):
     with pytest.raises(ValueError, match=re.escape('proportions: must be non-negative, got [1.5, -0.5, 0.0]')):
         dataset.set_proportions([1.5, -0.5, 0.0], samples_seen=0)
     dataset.set_proportions(NEW, samples_seen=64)
-    with pytest.raises(ValueError, match=re.escape('samples_seen: 32 is before the previous proportion change (which starts at sample 64)')):
+    with pytest.raises(
+        ValueError,
+        match=re.escape('samples_seen: 32 is before the previous proportion change (which starts at sample 64)'),
+    ):
         dataset.set_proportions(OLD, samples_seen=32)
     assert dataset.schedule == (ProportionChange(0, OLD), ProportionChange(64, NEW))
 
@@ -317,7 +337,9 @@ def test_a_checkpoint_of_another_batch_size_is_refused(data):
 
 
 def write_merged(folder: Path, sizes: Sequence[int]) -> Path:
-    with MDSWriter(out=str(folder), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}, size_limit=1 << 10) as writer:
+    with MDSWriter(
+        out=str(folder), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}, size_limit=1 << 10
+    ) as writer:
         for domain, (name, size) in enumerate(zip(DOMAINS, sizes)):
             for index in range(size):
                 writer.write({'tokens': np.full(SEQ_LEN, code(domain, index), np.uint16), 'domain': name})
@@ -329,7 +351,9 @@ def test_eval_data_is_read_once_per_epoch_in_one_order_with_its_domain(tmp_path,
     sizes = (7, 5, 9)
     if merged:
         write_merged(tmp_path / 'eval' / 'eval_merge', sizes)
-        dataset = DomainStreamingDataset(local=str(tmp_path), domains=list(DOMAINS), batch_size=4, split='eval/eval_merge', merged=True)
+        dataset = DomainStreamingDataset(
+            local=str(tmp_path), domains=list(DOMAINS), batch_size=4, split='eval/eval_merge', merged=True
+        )
     else:
         write_domains(tmp_path / 'eval', sizes)
         dataset = DomainStreamingDataset(local=str(tmp_path), domains=list(DOMAINS), batch_size=4)
@@ -346,11 +370,19 @@ def test_eval_data_is_read_once_per_epoch_in_one_order_with_its_domain(tmp_path,
 def test_eval_data_missing_a_domain_is_an_error(tmp_path):
     write_merged(tmp_path / 'eval' / 'eval_merge', (4, 0, 4))
     with pytest.raises(ValueError, match=re.escape("domains: eval/eval_merge has no samples of ['b']")):
-        DomainStreamingDataset(local=str(tmp_path), domains=list(DOMAINS), batch_size=4, split='eval/eval_merge', merged=True)
-    with pytest.raises(ValueError, match=re.escape("domains: eval/eval_merge has samples of domains ['c'], which are not listed")):
-        DomainStreamingDataset(local=str(tmp_path), domains=['a', 'b'], batch_size=4, split='eval/eval_merge', merged=True)
+        DomainStreamingDataset(
+            local=str(tmp_path), domains=list(DOMAINS), batch_size=4, split='eval/eval_merge', merged=True
+        )
+    with pytest.raises(
+        ValueError, match=re.escape("domains: eval/eval_merge has samples of domains ['c'], which are not listed")
+    ):
+        DomainStreamingDataset(
+            local=str(tmp_path), domains=['a', 'b'], batch_size=4, split='eval/eval_merge', merged=True
+        )
     write_domains(tmp_path / 'eval', (4, 0, 4))
-    with pytest.raises(ValueError, match=re.escape(f"domains: no data for domain 'b': {tmp_path / 'eval' / 'b'} holds no samples")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"domains: no data for domain 'b': {tmp_path / 'eval' / 'b'} holds no samples")
+    ):
         DomainStreamingDataset(local=str(tmp_path), domains=list(DOMAINS), batch_size=4)
 
 

@@ -17,9 +17,8 @@ import pytest
 
 from scripts.experiments import real_model as experiment
 from scripts.experiments.common import StageLedger, TrainingRun
+from tests.paths import SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / 'shared'
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
 pytestmark = [
@@ -73,7 +72,10 @@ def test_ledger_skips_finished_steps_and_redoes_an_interrupted_one(tmp_path):
 
     assert calls == ['first', 'second']
     assert not (leftover / 'partial.bin').exists()
-    assert [(stage['name'], stage['batches'], stage['commit']) for stage in resumed.stages] == [('first', 3, 'commit-a'), ('second', 5, 'commit-b')]
+    assert [(stage['name'], stage['batches'], stage['commit']) for stage in resumed.stages] == [
+        ('first', 3, 'commit-a'),
+        ('second', 5, 'commit-b'),
+    ]
     assert [json.loads(line)['name'] for line in ledger_file.read_text().splitlines()] == ['first', 'second']
     assert all(stage['wall_seconds'] >= 0 for stage in resumed.stages)
 
@@ -84,20 +86,33 @@ def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empt
     importance = experiment.ShearingInit('importance')
 
     def run(folder: Path, resume: bool, settings=experiment.QUICK, shearing_init=importance) -> None:
-        experiment.run_experiment(folder, settings, [1], 'test', shearing_init, data=tmp_path / 'data', task_dir=task_dir, resume=resume)
+        experiment.run_experiment(
+            folder, settings, [1], 'test', shearing_init, data=tmp_path / 'data', task_dir=task_dir, resume=resume
+        )
 
-    with pytest.raises(FileNotFoundError, match=re.escape(f'--resume: {tmp_path / "run" / "stages.jsonl"} does not exist')):
+    with pytest.raises(
+        FileNotFoundError, match=re.escape(f'--resume: {tmp_path / "run" / "stages.jsonl"} does not exist')
+    ):
         run(tmp_path / 'run', resume=True)
     used = tmp_path / 'used'
     used.mkdir()
     (used / 'stages.jsonl').write_text('')
     with pytest.raises(FileNotFoundError, match=re.escape(f'--resume: {used / "setup.json"} does not exist')):
         run(used, resume=True)
-    setup = {'settings': dataclasses.asdict(experiment.QUICK), 'shearing_init': 'importance', 'scratch': False, 'data': str(tmp_path / 'data')}
+    setup = {
+        'settings': dataclasses.asdict(experiment.QUICK),
+        'shearing_init': 'importance',
+        'scratch': False,
+        'data': str(tmp_path / 'data'),
+    }
     (used / 'setup.json').write_text(json.dumps(setup))
-    with pytest.raises(FileExistsError, match='is not empty; choose another with --output, or continue it with --resume'):
+    with pytest.raises(
+        FileExistsError, match='is not empty; choose another with --output, or continue it with --resume'
+    ):
         run(used, resume=False)
-    with pytest.raises(ValueError, match=re.escape("--resume: settings, shearing_init differ from the interrupted run's")):
+    with pytest.raises(
+        ValueError, match=re.escape("--resume: settings, shearing_init differ from the interrupted run's")
+    ):
         run(used, resume=True, settings=experiment.FULL, shearing_init=experiment.ShearingInit('uniform', 0.5))
     (used / 'report').mkdir()
     with pytest.raises(FileExistsError, match=re.escape(f'--resume: {used} already has its report')):
@@ -108,7 +123,12 @@ def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empt
 
 def test_a_failing_stage_names_itself_and_its_command(tmp_path):
     stage = TrainingRun('pruning (sheared, seed 1)', 'missing.yaml', tmp_path, 2, ('seed=1',), tmp_path / 'final')
-    with pytest.raises(RuntimeError, match=re.escape('stage pruning (sheared, seed 1) failed with exit status 1: composer train.py yamls/tiny/missing.yaml seed=1')):
+    with pytest.raises(
+        RuntimeError,
+        match=re.escape(
+            'stage pruning (sheared, seed 1) failed with exit status 1: composer train.py yamls/tiny/missing.yaml seed=1'
+        ),
+    ):
         stage.run()
 
 
@@ -123,11 +143,19 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
     report_dir = output_dir / 'report'
     results = json.loads((report_dir / 'results.json').read_text())
     assert [stage['name'] for stage in results['stages']] == [
-        'prepare data', 'held-out losses of S', 'prune-oneshot (activation)',
-        'pruning (sheared, seed 1)', 'continued pre-training (sheared, seed 1)',
-        'pruning (sheared_importance_init, seed 1)', 'continued pre-training (sheared_importance_init, seed 1)',
-        'continued pre-training (sheared, distilled, seed 1)', 'continued pre-training (oneshot, seed 1)',
-        'continued pre-training (oneshot, distilled, seed 1)', 'held-out losses (8 models)', 'evaluate (9 models)', 'throughput',
+        'prepare data',
+        'held-out losses of S',
+        'prune-oneshot (activation)',
+        'pruning (sheared, seed 1)',
+        'continued pre-training (sheared, seed 1)',
+        'pruning (sheared_importance_init, seed 1)',
+        'continued pre-training (sheared_importance_init, seed 1)',
+        'continued pre-training (sheared, distilled, seed 1)',
+        'continued pre-training (oneshot, seed 1)',
+        'continued pre-training (oneshot, distilled, seed 1)',
+        'held-out losses (8 models)',
+        'evaluate (9 models)',
+        'throughput',
     ]
     assert set(results['models']) == set(experiment.MODELS) - {'scratch'}
     for name, runs in results['models'].items():
@@ -145,4 +173,7 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
 
     markdown = (report_dir / 'README.md').read_text()
     assert NUMBER.findall(markdown) and all(math.isfinite(float(number)) for number in NUMBER.findall(markdown))
-    assert all((report_dir / name).stat().st_size > 0 for name in ('loss_against_tokens.png', 'task_accuracy.png', 'domain_weights.png'))
+    assert all(
+        (report_dir / name).stat().st_size > 0
+        for name in ('loss_against_tokens.png', 'task_accuracy.png', 'domain_weights.png')
+    )

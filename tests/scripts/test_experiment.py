@@ -7,14 +7,12 @@ import dataclasses
 import json
 import math
 import re
-from pathlib import Path
 
 import pytest
 
 from scripts.experiments import shearing_vs_scratch as experiment
+from tests.paths import SHARED
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / 'shared'
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
 pytestmark = [
@@ -57,4 +55,7 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
     markdown = (report_dir / 'README.md').read_text()
     numbers = NUMBER.findall(markdown)
     assert numbers and all(math.isfinite(float(number)) for number in numbers)
-    assert all((report_dir / name).stat().st_size > 0 for name in ('loss_against_tokens.png', 'domain_weights.png', 'source_loss.png'))
+    assert all(
+        (report_dir / name).stat().st_size > 0
+        for name in ('loss_against_tokens.png', 'domain_weights.png', 'source_loss.png')
+    )

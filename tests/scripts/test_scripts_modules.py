@@ -7,11 +7,11 @@ import importlib
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.paths import REPO
+
 PATH_EDIT = re.compile(r'\bsys\.path\.(insert|append)\b')
 MODULES = sorted(
     '.'.join(path.relative_to(REPO).with_suffix('').parts) for path in (REPO / 'scripts').rglob('*.py')

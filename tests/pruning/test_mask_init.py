@@ -12,18 +12,18 @@ import torch
 from composer import Trainer
 from composer.loggers import InMemoryLogger
 from composer.models import HuggingFaceModel
-from conftest import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing.pruning import Shearing, attach_masks, importance_masks
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_alpha_from_scores
+from tests.paths import REPO
+from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 3, 'num_key_value_heads': 1, 'intermediate_size': 40,
           'num_hidden_layers': 2}
 MODULES = ['layer', 'head', 'kv_head', 'intermediate', 'hidden']
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_log_alphas_are_positive_exactly_for_the_top_scores_and_keep_their_order():
@@ -32,19 +32,30 @@ def test_log_alphas_are_positive_exactly_for_the_top_scores_and_keep_their_order
     assert (log_alpha > 0).tolist() == [[False, True, False, True, True], [False, False, True, True, True]]
     assert log_alpha[1].tolist() == pytest.approx([-3.0, -1.0, 1.0, 3.0, LOG_ALPHA_MAX])  # 10 * (2.5 - rank) / 5
     assert log_alpha[0, 3] > log_alpha[0, 4]  # a tie goes to the lower index
-    assert log_alpha_from_scores(scores, 3, scale=1e3)[1].tolist() == pytest.approx([LOG_ALPHA_MIN] * 2 + [LOG_ALPHA_MAX] * 3)
+    assert log_alpha_from_scores(scores, 3, scale=1e3)[1].tolist() == pytest.approx(
+        [LOG_ALPHA_MIN] * 2 + [LOG_ALPHA_MAX] * 3
+    )
 
 
 def samples(num: int = 8) -> list[dict[str, torch.Tensor]]:
     generator = torch.Generator().manual_seed(3)
-    return [{'input_ids': ids, 'labels': ids.clone()} for ids in torch.randint(0, VOCAB_SIZE, (num, 16), generator=generator)]
+    return [
+        {'input_ids': ids, 'labels': ids.clone()}
+        for ids in torch.randint(0, VOCAB_SIZE, (num, 16), generator=generator)
+    ]
 
 
 def trainer_with(algorithm: Shearing, source: torch.nn.Module, data: list[dict]) -> Trainer:
     model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
     return Trainer(
-        model=model, train_dataloader=DataLoader(data, batch_size=4), optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
-        max_duration='1ba', algorithms=[algorithm], seed=0, progress_bar=False, log_to_console=False,
+        model=model,
+        train_dataloader=DataLoader(data, batch_size=4),
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
+        max_duration='1ba',
+        algorithms=[algorithm],
+        seed=0,
+        progress_bar=False,
+        log_to_console=False,
     )
 
 
@@ -103,10 +114,17 @@ def test_an_importance_file_for_another_shape_is_refused(tmp_path: Path):
 @pytest.mark.parametrize(
     ('settings', 'error', 'message'),
     [
-        ({'init': 'zeros'}, ValueError, "algorithms.shearing.init must be one of ['all_kept', 'uniform', 'importance']"),
+        (
+            {'init': 'zeros'},
+            ValueError,
+            "algorithms.shearing.init must be one of ['all_kept', 'uniform', 'importance']",
+        ),
         ({'init': 'importance', 'importance_method': 'random'}, ValueError, 'importance_method must be one of'),
-        ({'init': 'importance', 'importance_file': '/nonexistent/importance.json'}, FileNotFoundError,
-         'importance_file: /nonexistent/importance.json does not exist'),
+        (
+            {'init': 'importance', 'importance_file': '/nonexistent/importance.json'},
+            FileNotFoundError,
+            'importance_file: /nonexistent/importance.json does not exist',
+        ),
         ({'init': 'importance', 'calibration_batches': 0}, ValueError, 'calibration_batches must be at least 1'),
         ({'init': 'importance', 'init_scale': 0.0}, ValueError, 'init_scale must be positive'),
     ],
@@ -142,7 +160,9 @@ def test_a_resumed_run_keeps_its_checkpointed_log_alphas(tmp_path: Path):
         assert torch.equal(mask.log_alpha.detach(), saved[kind]), kind
 
 
-@pytest.mark.parametrize('recipe', sorted((REPO / 'yamls' / 'pruning').glob('llama2_*.yaml')), ids=lambda path: path.stem)
+@pytest.mark.parametrize(
+    'recipe', sorted((REPO / 'yamls' / 'pruning').glob('llama2_*.yaml')), ids=lambda path: path.stem
+)
 def test_the_llama2_recipes_start_with_every_gate_kept(recipe: Path):
     """The Llama-2 recipes reproduce the released Sheared-LLaMA runs, which started with every gate at the log-alpha
     clamp's top (the original code's log-alpha 5): at the first batch every gate is non-zero with probability 0.998
@@ -156,8 +176,17 @@ def test_the_llama2_recipes_start_with_every_gate_kept(recipe: Path):
     logger = InMemoryLogger()
     source = tiny_llama()
     model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
-    Trainer(model=model, train_dataloader=DataLoader(samples(), batch_size=4), optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
-            max_duration='1ba', algorithms=[algorithm], loggers=[logger], seed=0, progress_bar=False, log_to_console=False).fit()
+    Trainer(
+        model=model,
+        train_dataloader=DataLoader(samples(), batch_size=4),
+        optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
+        max_duration='1ba',
+        algorithms=[algorithm],
+        loggers=[logger],
+        seed=0,
+        progress_bar=False,
+        log_to_console=False,
+    ).fit()
     for kind in settings.pruning_modules:
         (_, first_batch_sparsity), = logger.data[f'shearing/expected_sparsity/{kind}']
         assert first_batch_sparsity == pytest.approx(1 / (1 + 100 * 11 ** (2 / 3)), abs=1e-6), kind  # 0.00202

@@ -19,8 +19,8 @@ from transformers import LlamaTokenizerFast, PreTrainedTokenizerBase, PreTrained
 from llmshearing.cli import main
 from llmshearing.data.prepare import prepare_data
 from llmshearing.toy import byte_level_tokenizer
+from tests.paths import SHARED
 
-SHARED = Path(__file__).resolve().parents[2] / 'shared'
 REDPAJAMA_SAMPLE = SHARED / 'data' / 'redpajama-sample'
 MISTRAL_TOKENIZER = SHARED / 'tokenizers' / 'mistral-7b-v0.1' / 'tokenizer.model'
 SEQ_LEN = 16
@@ -156,7 +156,11 @@ def test_token_streams_equal_the_tokenizer_encoding(tmp_path, corpus, byte_token
         'dropped_tokens': len(token_stream(tokenizer, beta_texts[:eval_documents])) - 2 * SEQ_LEN,
     }
     assert manifest['train']['beta']['documents'] == 40 - eval_documents
-    assert manifest['read']['beta'] == {'files': ['b.jsonl'], 'documents': 40, 'tokens': len(token_stream(tokenizer, beta_texts))}
+    assert manifest['read']['beta'] == {
+        'files': ['b.jsonl'],
+        'documents': 40,
+        'tokens': len(token_stream(tokenizer, beta_texts)),
+    }
 
 
 def test_every_document_is_read_once_and_every_token_is_accounted_for(tmp_path, byte_tokenizer_dir, monkeypatch):
@@ -170,11 +174,19 @@ def test_every_document_is_read_once_and_every_token_is_accounted_for(tmp_path, 
         'single': [documents('single', 0, 15)],
     }
     bad = ['{"text": "cut off', json.dumps({'title': 'no text'})]
-    write_jsonl(tmp_path / 'input' / 'multi' / 'm0.jsonl', [bad[0], *records(texts['multi'][0][:6]), bad[1], *records(texts['multi'][0][6:])])
+    write_jsonl(
+        tmp_path / 'input' / 'multi' / 'm0.jsonl',
+        [bad[0], *records(texts['multi'][0][:6]), bad[1], *records(texts['multi'][0][6:])],
+    )
     write_jsonl(tmp_path / 'input' / 'multi' / 'm1.jsonl.gz', [*records(texts['multi'][1]), bad[0]])
     write_jsonl(tmp_path / 'input' / 'multi' / 'm2.jsonl', records(texts['multi'][2]))
-    write_jsonl(tmp_path / 'input' / 'single' / 's.jsonl', [*records(texts['single'][0][:14]), bad[1], *records(texts['single'][0][14:])])
-    manifest = prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=3, workers=2)
+    write_jsonl(
+        tmp_path / 'input' / 'single' / 's.jsonl',
+        [*records(texts['single'][0][:14]), bad[1], *records(texts['single'][0][14:])],
+    )
+    manifest = prepare_data(
+        tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=3, workers=2
+    )
 
     for domain in ('multi', 'single'):
         domain_texts = sum(texts[domain], [])

@@ -23,12 +23,17 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM
 
 from llmshearing.callbacks import DynamicLoading
-from llmshearing.callbacks.dynamic_loading import doremi_update, domain_loss_sums, final_domain_weights, next_token_targets
+from llmshearing.callbacks.dynamic_loading import (
+    domain_loss_sums,
+    doremi_update,
+    final_domain_weights,
+    next_token_targets,
+)
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
 from llmshearing.metrics import DomainCrossEntropy
 from llmshearing.toy import SPECIAL_TOKENS, save_toy_model
+from tests.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ('cc', 'github', 'wiki')
 INITIAL = (0.6, 0.3, 0.1)
 SEQ_LEN = 64
@@ -42,7 +47,9 @@ def write_domain_data(folder: Path, samples_per_domain: int, seed: int) -> Path:
         low = len(SPECIAL_TOKENS) + 80 * domain
         with MDSWriter(out=str(folder / name), columns={'tokens': 'ndarray:uint16', 'domain': 'str'}) as writer:
             for _ in range(samples_per_domain):
-                writer.write({'tokens': rng.integers(low, low + 20 * (domain + 1), SEQ_LEN).astype(np.uint16), 'domain': name})
+                writer.write(
+                    {'tokens': rng.integers(low, low + 20 * (domain + 1), SEQ_LEN).astype(np.uint16), 'domain': name}
+                )
     return folder
 
 
@@ -68,17 +75,25 @@ def test_raw_excess_lets_a_domain_below_its_reference_lose_weight_as_the_origina
     # Excess losses l - l_ref: -0.5, 0.5, 0.2.
     unnormalised = [0.5 * math.exp(-0.5), 0.3 * math.exp(0.5), 0.2 * math.exp(0.2)]
     expected = [(1 - 1e-4) * weight / sum(unnormalised) + 1e-4 / 3 for weight in unnormalised]
-    np.testing.assert_allclose(doremi_update(proportions, losses, references, 1.0, 1e-4, excess='raw'), expected, rtol=1e-14)
+    np.testing.assert_allclose(
+        doremi_update(proportions, losses, references, 1.0, 1e-4, excess='raw'), expected, rtol=1e-14
+    )
 
 
 def test_a_wrong_excess_names_the_key():
-    with pytest.raises(ValueError, match=re.escape("callbacks.dynamic_loading.excess must be one of ['clipped', 'raw'], got 'clip'")):
+    with pytest.raises(
+        ValueError, match=re.escape("callbacks.dynamic_loading.excess must be one of ['clipped', 'raw'], got 'clip'")
+    ):
         DynamicLoading(excess='clip')
 
 
 def test_doremi_update_keeps_proportions_when_no_domain_lags_and_revives_a_domain_at_zero():
-    np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.0), (0.5, 0.5, 0.0))
-    np.testing.assert_allclose(doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.3), (0.45, 0.45, 0.1))
+    np.testing.assert_allclose(
+        doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.0), (0.5, 0.5, 0.0)
+    )
+    np.testing.assert_allclose(
+        doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.3), (0.45, 0.45, 0.1)
+    )
 
 
 def test_domain_loss_sums_equal_the_cross_entropy_of_each_domains_tokens():
@@ -119,8 +134,14 @@ def test_domain_cross_entropy_equals_llm_foundrys_cross_entropy():
         ({'update': 'bandit'}, "callbacks.dynamic_loading.update must be one of ['doremi', 'constant'], got 'bandit'"),
         ({'eta': -1.0}, 'callbacks.dynamic_loading.eta must be non-negative, got -1.0'),
         ({'smoothing': 1.5}, 'callbacks.dynamic_loading.smoothing must be in [0, 1], got 1.5'),
-        ({'reference': 'final'}, "callbacks.dynamic_loading.reference must be 'initial' or a list of losses, got 'final'"),
-        ({'reference': [1.0, float('nan'), 2.0]}, 'callbacks.dynamic_loading.reference must be finite losses, got [1.0, nan, 2.0]'),
+        (
+            {'reference': 'final'},
+            "callbacks.dynamic_loading.reference must be 'initial' or a list of losses, got 'final'",
+        ),
+        (
+            {'reference': [1.0, float('nan'), 2.0]},
+            'callbacks.dynamic_loading.reference must be finite losses, got [1.0, nan, 2.0]',
+        ),
         ({'initial_proportions': [0.5, 0.6]}, 'callbacks.dynamic_loading.initial_proportions: must sum to 1'),
     ],
 )
@@ -140,13 +161,21 @@ class RecordingLogger:
 def trainer_state(data: Path, eval_domains: Sequence[str] = DOMAINS, lookahead_batches: int = 0) -> SimpleNamespace:
     """The parts of a Composer State the callback reads, with real loaders."""
     train = DynamicStreamingDataset(
-        local=str(data), domains=list(DOMAINS), proportions=list(INITIAL), batch_size=4, lookahead_batches=lookahead_batches,
+        local=str(data),
+        domains=list(DOMAINS),
+        proportions=list(INITIAL),
+        batch_size=4,
+        lookahead_batches=lookahead_batches,
     )
     evaluation = DomainStreamingDataset(local=str(data), domains=list(eval_domains), batch_size=4)
     return SimpleNamespace(
         train_dataloader=DataLoader(train, batch_size=4),
-        evaluators=[Evaluator(label='eval', dataloader=DataSpec(DataLoader(evaluation, batch_size=4)), metric_names=[])],
-        eval_metrics={'eval': {'LanguageCrossEntropy': LanguageCrossEntropy(), 'LanguagePerplexity': LanguagePerplexity()}},
+        evaluators=[
+            Evaluator(label='eval', dataloader=DataSpec(DataLoader(evaluation, batch_size=4)), metric_names=[])
+        ],
+        eval_metrics={
+            'eval': {'LanguageCrossEntropy': LanguageCrossEntropy(), 'LanguagePerplexity': LanguagePerplexity()}
+        },
         device=DeviceCPU(),
         dataloader_label='eval',
         timestamp=SimpleNamespace(sample=0),
@@ -175,7 +204,11 @@ def evaluate(
 def random_eval_batches(seed: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(seed)
     return [
-        (torch.randint(0, VOCAB, (4, 8), generator=generator), torch.tensor(domains), torch.randn(4, 8, VOCAB, generator=generator))
+        (
+            torch.randint(0, VOCAB, (4, 8), generator=generator),
+            torch.tensor(domains),
+            torch.randn(4, 8, VOCAB, generator=generator),
+        )
         for domains in ([0, 1, 2, 0], [1, 2, 2, 0])
     ]
 
@@ -216,7 +249,9 @@ def test_each_evaluation_updates_the_training_proportions_as_computed_by_hand(da
     assert [change.start for change in dataset.schedule] == [0, 0, 96]
     assert callback.proportions == dataset.proportions
     logged = logger.metrics[-1]
-    assert set(logged) == {f'dynamic_loading/{kind}/{name}' for kind in ('loss', 'reference', 'proportion') for name in DOMAINS}
+    assert set(logged) == {
+        f'dynamic_loading/{kind}/{name}' for kind in ('loss', 'reference', 'proportion') for name in DOMAINS
+    }
     assert logged['dynamic_loading/loss/github'] == pytest.approx(second_losses[1], rel=1e-6)
     assert logged['dynamic_loading/proportion/wiki'] == dataset.proportions[2]
 
@@ -256,12 +291,21 @@ def test_an_evaluation_without_a_domain_is_an_error_not_a_nan(data):
 @pytest.mark.parametrize(
     ('settings', 'eval_domains', 'message'),
     [
-        ({'domains': ['cc', 'wiki', 'github']}, DOMAINS,
-         "callbacks.dynamic_loading.domains: ['cc', 'wiki', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']"),
-        ({'reference': [1.0, 2.0]}, DOMAINS,
-         "callbacks.dynamic_loading.reference: expected 3 losses, one per domain ['cc', 'github', 'wiki'], got 2"),
-        ({}, ('cc', 'github'),
-         "eval_loader.dataset.domains: ['cc', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']"),
+        (
+            {'domains': ['cc', 'wiki', 'github']},
+            DOMAINS,
+            "callbacks.dynamic_loading.domains: ['cc', 'wiki', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']",
+        ),
+        (
+            {'reference': [1.0, 2.0]},
+            DOMAINS,
+            "callbacks.dynamic_loading.reference: expected 3 losses, one per domain ['cc', 'github', 'wiki'], got 2",
+        ),
+        (
+            {},
+            ('cc', 'github'),
+            "eval_loader.dataset.domains: ['cc', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']",
+        ),
     ],
 )
 def test_mismatches_with_the_data_fail_before_training(data, settings, eval_domains, message):
@@ -377,11 +421,15 @@ def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
 
 
 def test_final_domain_weights_are_those_of_the_runs_last_checkpoint(training_runs):
-    schedule = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')['dataset_state']['train']['schedule']
+    schedule = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')['dataset_state'][
+        'train'
+    ]['schedule']
     expected = dict(zip(DOMAINS, schedule[-1][1]))
     assert final_domain_weights(training_runs / 'uninterrupted') == expected
     assert final_domain_weights(training_runs / 'uninterrupted' / 'checkpoints') == expected
-    four_batches = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt')['dataset_state']['train']
+    four_batches = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt')['dataset_state'][
+        'train'
+    ]
     assert final_domain_weights(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt') == dict(
         zip(DOMAINS, four_batches['schedule'][-1][1]),
     )
@@ -407,7 +455,9 @@ def test_a_resumed_run_equals_the_uninterrupted_one(training_runs):
 def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_logits(data, tmp_path):
     """On a tiny model, Composer's eval_forward and metric updates, microbatched, give the callback the per-domain
     losses of a separate full-vocabulary cross-entropy of the logits (the computation the callback used to repeat)."""
-    model = HuggingFaceModel(AutoModelForCausalLM.from_pretrained(save_toy_model(tmp_path / 'toy')), use_logits=True, shift_labels=True).eval()
+    model = HuggingFaceModel(
+        AutoModelForCausalLM.from_pretrained(save_toy_model(tmp_path / 'toy')), use_logits=True, shift_labels=True
+    ).eval()
     state = trainer_state(data)
     logger = RecordingLogger()
     callback = DynamicLoading(reference=[0.0, 0.0, 0.0], update='constant')
@@ -417,7 +467,10 @@ def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_
     metric = state.eval_metrics['eval']['LanguageCrossEntropy']
     generator = torch.Generator().manual_seed(0)
     batches = [
-        {'input_ids': torch.randint(len(SPECIAL_TOKENS), VOCAB, (4, 16), generator=generator), 'domain': torch.tensor(domains)}
+        {
+            'input_ids': torch.randint(len(SPECIAL_TOKENS), VOCAB, (4, 16), generator=generator),
+            'domain': torch.tensor(domains),
+        }
         for domains in ([0, 1, 2, 0], [2, 2, 1, 0])
     ]
     expected_sums = torch.zeros(len(DOMAINS), dtype=torch.float64)
@@ -426,7 +479,9 @@ def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_
     with torch.no_grad():
         for batch in batches:
             for rows in (slice(0, 2), slice(2, 4)):
-                microbatch = {key: value[rows] for key, value in batch.items()} | {'labels': batch['input_ids'][rows].clone()}
+                microbatch = {key: value[rows] for key, value in batch.items()} | {
+                    'labels': batch['input_ids'][rows].clone()
+                }
                 logits = model.eval_forward(microbatch)
                 model.update_metric(microbatch, logits, metric)
                 targets = next_token_targets(batch['input_ids'][rows])
@@ -438,5 +493,7 @@ def test_per_domain_losses_through_the_eval_loop_equal_the_cross_entropy_of_the_
 
     logged = logger.metrics[-1]
     for index, name in enumerate(DOMAINS):
-        assert logged[f'dynamic_loading/loss/{name}'] == pytest.approx((expected_sums[index] / expected_counts[index]).item(), rel=1e-6)
+        assert logged[f'dynamic_loading/loss/{name}'] == pytest.approx(
+            (expected_sums[index] / expected_counts[index]).item(), rel=1e-6
+        )
     assert metric.compute().item() == pytest.approx((expected_sums.sum() / expected_counts.sum()).item(), rel=1e-6)

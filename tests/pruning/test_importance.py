@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, VOCAB_SIZE
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing import cli
@@ -23,8 +22,10 @@ from llmshearing.pruning import (
 )
 from llmshearing.pruning.importance import IMPORTANCE_METHODS, importance_scores, masks_from_scores
 from llmshearing.toy import save_toy_model, write_random_domain_data
+from tests.paths import SHARED
+from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
-REDPAJAMA_SAMPLE = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'redpajama-sample'
+REDPAJAMA_SAMPLE = SHARED / 'data' / 'redpajama-sample'
 ALL_KINDS = ['layer', 'head', 'intermediate', 'hidden']
 TARGETS = {
     'llama_mha': (ALL_KINDS, {'num_hidden_layers': 2, 'num_attention_heads': 3, 'intermediate_size': 40,
@@ -76,7 +77,9 @@ def zero_head_and_channel(model, head: int, channel: int, weights: str) -> None:
                 layer.mlp.up_proj.weight[channel] = 0
 
 
-@pytest.mark.parametrize(('method', 'weights'), [(method, 'all') for method in IMPORTANCE_METHODS] + [('taylor', 'output')])
+@pytest.mark.parametrize(
+    ('method', 'weights'), [(method, 'all') for method in IMPORTANCE_METHODS] + [('taylor', 'output')]
+)
 def test_a_zeroed_structure_is_pruned_first(method: str, weights: str):
     model = FAMILIES['llama_mha']()
     zero_head_and_channel(model, head=2, channel=13, weights=weights)

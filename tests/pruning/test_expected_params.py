@@ -8,7 +8,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MistralC
 
 from llmshearing.pruning import L0Module, ModelShape
 
-LLAMA2_7B = LlamaConfig(hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000)
+LLAMA2_7B = LlamaConfig(
+    hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000
+)
 LLAMA3_8B = LlamaConfig(
     hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, num_hidden_layers=32, intermediate_size=14336,
     vocab_size=128256, rope_theta=500000.0,
@@ -25,27 +27,48 @@ ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
 GQA_MODULES = ALL_MODULES + ['kv_head']
 
 CASES = {
-    'llama2-7b-to-2.7b': (LLAMA2_7B, ALL_MODULES, dict(hidden_size=2560, num_attention_heads=20, intermediate_size=6912)),
+    'llama2-7b-to-2.7b': (
+        LLAMA2_7B,
+        ALL_MODULES,
+        dict(hidden_size=2560, num_attention_heads=20, intermediate_size=6912),
+    ),
     'llama2-7b-to-1.3b': (
-        LLAMA2_7B, ALL_MODULES,
+        LLAMA2_7B,
+        ALL_MODULES,
         dict(hidden_size=2048, num_attention_heads=16, intermediate_size=5504, num_hidden_layers=24),
     ),
     'llama2-7b-to-370m': (
-        LLAMA2_7B, ALL_MODULES,
+        LLAMA2_7B,
+        ALL_MODULES,
         dict(hidden_size=1024, num_attention_heads=8, intermediate_size=2816, num_hidden_layers=24),
     ),
     'llama3-8b-gqa-heads': (
-        LLAMA3_8B, ALL_MODULES,
+        LLAMA3_8B,
+        ALL_MODULES,
         dict(hidden_size=3072, num_attention_heads=24, intermediate_size=8192, num_hidden_layers=28),
     ),
     'llama3-8b-gqa-kv-heads': (
-        LLAMA3_8B, GQA_MODULES,
-        dict(hidden_size=2048, num_attention_heads=16, num_key_value_heads=4, intermediate_size=5632, num_hidden_layers=24),
+        LLAMA3_8B,
+        GQA_MODULES,
+        dict(
+            hidden_size=2048,
+            num_attention_heads=16,
+            num_key_value_heads=4,
+            intermediate_size=5632,
+            num_hidden_layers=24,
+        ),
     ),
-    'mistral-7b': (MISTRAL_7B, GQA_MODULES, dict(hidden_size=2560, num_attention_heads=12, num_key_value_heads=4, intermediate_size=6912)),
+    'mistral-7b': (
+        MISTRAL_7B,
+        GQA_MODULES,
+        dict(hidden_size=2560, num_attention_heads=12, num_key_value_heads=4, intermediate_size=6912),
+    ),
     'qwen2.5-1.5b-biases-tied': (
-        QWEN25_1_5B, GQA_MODULES,
-        dict(hidden_size=1024, num_attention_heads=4, num_key_value_heads=1, intermediate_size=4096, num_hidden_layers=20),
+        QWEN25_1_5B,
+        GQA_MODULES,
+        dict(
+            hidden_size=1024, num_attention_heads=4, num_key_value_heads=1, intermediate_size=4096, num_hidden_layers=20
+        ),
     ),
 }
 
@@ -76,7 +99,9 @@ def test_expected_params_at_target_masks_equal_hf_count(case):
     assert masks.hidden is not None
 
 
-@pytest.mark.parametrize('config', [LLAMA2_7B, LLAMA3_8B, MISTRAL_7B, QWEN25_1_5B], ids=['llama2', 'llama3', 'mistral', 'qwen2'])
+@pytest.mark.parametrize(
+    'config', [LLAMA2_7B, LLAMA3_8B, MISTRAL_7B, QWEN25_1_5B], ids=['llama2', 'llama3', 'mistral', 'qwen2']
+)
 def test_source_shape_counts_like_hf(config):
     shape = ModelShape.from_config(config)
     l0_module = L0Module(shape, GQA_MODULES if not shape.is_multi_head else ALL_MODULES, target={})
@@ -87,7 +112,14 @@ def test_source_shape_counts_like_hf(config):
 
 def test_expected_params_follow_keep_probabilities():
     """Half of every structure kept in expectation: each term scales by the product of its factors."""
-    shape = ModelShape(hidden_size=8, num_attention_heads=4, num_key_value_heads=4, head_dim=2, intermediate_size=6, num_hidden_layers=2)
+    shape = ModelShape(
+        hidden_size=8,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=2,
+        intermediate_size=6,
+        num_hidden_layers=2,
+    )
     l0_module = L0Module(shape, ALL_MODULES, target={'hidden_size': 4})
     half = {module: torch.full(mask.shape, 0.5) for module, mask in l0_module.masks.items()}
     hidden, heads, intermediate = 4.0, 2.0, 3.0

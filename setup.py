@@ -31,7 +31,8 @@ setup(
         'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={
-        'dev': ['pytest', 'gguf'],  # gguf: scripts/assets/smollm2.py loads the SmolLM2 test asset
+        # gguf: scripts/assets/smollm2.py loads the SmolLM2 test asset; ruff: tests/test_lint.py
+        'dev': ['pytest', 'gguf', 'ruff'],
         'gpu': ['flash-attn'],
     },
     entry_points={

@@ -39,7 +39,8 @@ class DomainCrossEntropy(LanguageCrossEntropy):
 
     def update(self, batch: Mapping[str, Any], outputs: Mapping | torch.Tensor, labels: torch.Tensor) -> None:
         """Add one batch: ``outputs`` (or ``outputs['logits']``) ``[batch, seq_len, vocab]``; ``labels`` the
-        next-token targets ``[batch, seq_len]`` (the model's shifted labels), ``ignore_index`` where no loss is taken."""
+        next-token targets ``[batch, seq_len]`` (the model's shifted labels), ``ignore_index`` where no loss is
+        taken."""
         logits = outputs['logits'] if isinstance(outputs, Mapping) else outputs
         token_losses = F.cross_entropy(
             logits.flatten(0, 1).float(), labels.flatten(), ignore_index=self.ignore_index, reduction='none',

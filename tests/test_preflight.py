@@ -78,7 +78,8 @@ def test_tokenizer_larger_than_the_model_vocabulary(assets):
     config = _config(assets, f'variables.model_path={assets / "small-vocab"}', f'tokenizer.name={assets / "source"}')
     with pytest.raises(
         ValueError,
-        match=r'tokenizer.name: .* has 259 tokens, more than the vocabulary of model.pretrained_model_name_or_path \(100\)',
+        match=r'tokenizer.name: .* has 259 tokens, '
+        r'more than the vocabulary of model.pretrained_model_name_or_path \(100\)',
     ):
         check_train_config(config)
 

@@ -135,8 +135,9 @@ class DynamicLoading(Callback):
         domains: the domain names this configuration expects, checked against the training data's.
         initial_proportions: the proportions to start from instead of the train loader's: one per domain, or a
             run to take them from, the proportions it ended with (``final_domain_weights``: its output folder, save
-            folder or one of its checkpoints, monolithic or sharded), matched to this run's domains by name. Continued pre-training uses it to
-            start from the domain weights pruning ended with. A resumed run keeps its checkpoint's proportions.
+            folder or one of its checkpoints, monolithic or sharded), matched to this run's domains by name.
+            Continued pre-training uses it to start from the domain weights pruning ended with. A resumed run keeps
+            its checkpoint's proportions.
     """
 
     def __init__(

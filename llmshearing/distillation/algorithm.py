@@ -45,7 +45,8 @@ TEACHER_INPUTS = ('input_ids', 'attention_mask', 'position_ids')
 
 
 def check_settings(teacher: str | Path, temperature: float, alpha: float) -> Path:
-    """The teacher folder, after checking that it holds an HF config and that ``temperature`` and ``alpha`` are valid."""
+    """The teacher folder, after checking that it holds an HF config and that ``temperature`` and ``alpha`` are
+    valid."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f'{KEY}.alpha must be in [0, 1], got {alpha}')
     if temperature <= 0:

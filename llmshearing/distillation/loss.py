@@ -85,7 +85,8 @@ def kd_loss(
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
-            f'student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in shape'
+            f'student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} '
+            'differ in shape'
         )
     if temperature <= 0:
         raise ValueError(f'temperature must be positive, got {temperature}')

@@ -152,7 +152,8 @@ class Shearing(Algorithm):
             raise ValueError(f'algorithms.shearing.init must be one of {list(INITS)}, got {init!r}')
         if importance_method not in IMPORTANCE_METHODS:
             raise ValueError(
-                f'algorithms.shearing.importance_method must be one of {list(IMPORTANCE_METHODS)}, got {importance_method!r}',
+                f'algorithms.shearing.importance_method must be one of {list(IMPORTANCE_METHODS)}, '
+                f'got {importance_method!r}',
             )
         if init == 'importance' and target is None:
             raise ValueError(
@@ -197,7 +198,8 @@ class Shearing(Algorithm):
         for key in ('target', 'pruning_modules', 'target_sparsity'):
             if key in saved and saved[key] != self.mask_config()[key]:
                 raise ValueError(
-                    f"algorithms.shearing.{key}={self.mask_config()[key]!r} differs from the checkpoint's {saved[key]!r}",
+                    f'algorithms.shearing.{key}={self.mask_config()[key]!r} '
+                    f"differs from the checkpoint's {saved[key]!r}",
                 )
 
     def match(self, event: Event, state: State) -> bool:

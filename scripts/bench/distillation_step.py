@@ -108,7 +108,8 @@ def step_times(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
     )
     for name, values in times.items():
         print(
-            f'{name + " step" if name != "teacher forward" else name:<20} (median of {args.repeats}): {statistics.median(values) * 1e3:8.1f} ms'
+            f'{name + " step" if name != "teacher forward" else name:<20} (median of {args.repeats}): '
+            f'{statistics.median(values) * 1e3:8.1f} ms'
         )
     print(f'distillation step / plain step:                   {statistics.median(measured):.3f}')
     print(f'predicted from the teacher forward, (plain + teacher) / plain: {statistics.median(predicted):.3f}')
@@ -146,7 +147,8 @@ def loss_memory(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     }
     for name, peak in peaks.items():
         print(
-            f'{name:<28} forward + backward peak beyond the logits: {peak / 2**30:6.2f} GiB = {peak / logits_bytes:5.2f} x logits'
+            f'{name:<28} forward + backward peak beyond the logits: {peak / 2**30:6.2f} GiB = '
+            f'{peak / logits_bytes:5.2f} x logits'
         )
     lm_peak, chunked_peak = list(peaks.values())[:2]
     print(f'kd_loss (chunked) peak / LM loss peak: {chunked_peak / lm_peak:.3f}')

@@ -124,7 +124,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         write_domains(Path(work) / 'throughput', SAMPLES_PER_DOMAIN, args.seq_len)
         print(
-            f'{len(DOMAINS)} domains × {SAMPLES_PER_DOMAIN:,} samples of {args.seq_len} tokens, batches of {args.batch_size}'
+            f'{len(DOMAINS)} domains × {SAMPLES_PER_DOMAIN:,} samples of {args.seq_len} tokens, '
+            f'batches of {args.batch_size}'
         )
         throughput(Path(work) / 'throughput', args.batch_size, args.batches, args.rounds)
         write_domains(Path(work) / 'state', 500, 16)

@@ -7,7 +7,8 @@ Both run on the same model, batch and logits-producing forward (``eval_forward``
 which llm-foundry's ``hf_causal_lm`` is), interleaved in one process so that machine noise hits them alike. Printed:
 the median seconds per eval batch of each, the forward alone, and before / after (medians of the per-repeat ratios).
 
-    .venv/bin/python -m scripts.bench.eval_batch [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6]
+    .venv/bin/python -m scripts.bench.eval_batch \\
+        [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6]
 """
 
 from __future__ import annotations

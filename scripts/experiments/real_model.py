@@ -304,7 +304,10 @@ def comparison(
     difference = first[0] - second[0]
     better = (difference > 0) == higher_is_better
     beyond = abs(difference) > first[1] + second[1]
-    return f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, {"more" if beyond else "less"} than the spread'
+    return (
+        f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, '
+        f'{"more" if beyond else "less"} than the spread'
+    )
 
 
 def outcome_sentences(results: dict[str, Any]) -> list[str]:
@@ -329,9 +332,10 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
         loss = [summary(results, name, 'mean_loss') for name in (first, second)]
         accuracy = [summary(results, name, 'average') for name in (first, second)]
         sentences.append(
-            f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} nats/token '
-            f'({comparison(*loss, False, "nats")}); average accuracy {100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} '
-            f'vs {100 * accuracy[1][0]:.1f} ± {100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
+            f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} '
+            f'nats/token ({comparison(*loss, False, "nats")}); average accuracy '
+            f'{100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} vs {100 * accuracy[1][0]:.1f} ± '
+            f'{100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
         )
     return sentences
 
@@ -370,14 +374,17 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         f'Source S: SmolLM2-135M-Instruct ({results["parameters"]["source"]:,} parameters). Target T: '
         + ', '.join(f'{header} {results["shapes"]["target"][field]}' for field, header in report.SHAPE_HEADERS.items())
-        + f' ({results["parameters"]["target"]:,} parameters, {results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S). '
-        f"Data: the RedPajama sample (7 domains) prepared with S's tokenizer into samples of {settings['seq_len']} tokens; "
-        f'{settings["eval_samples"]} held-out samples per domain. Every small model trains on {settings["tokens_small_model"]:,} tokens '
-        f'(batches of {settings["tokens_per_batch"]:,}): shearing {settings["pruning_batches"]} pruning + '
-        f'{settings["continued_batches"]} continued batches, the one-shot arms {settings["small_model_batches"]} continued batches '
-        f'(and {settings["calibration_samples"]} calibration samples, forward only). Shearing masks start as '
+        + f' ({results["parameters"]["target"]:,} parameters, '
+        f'{results["parameters"]["target"] / results["parameters"]["source"]:.1%} of S). '
+        "Data: the RedPajama sample (7 domains) prepared with S's tokenizer into samples of "
+        f'{settings["seq_len"]} tokens; {settings["eval_samples"]} held-out samples per domain. Every small model '
+        f'trains on {settings["tokens_small_model"]:,} tokens (batches of {settings["tokens_per_batch"]:,}): shearing '
+        f'{settings["pruning_batches"]} pruning + {settings["continued_batches"]} continued batches, the one-shot arms '
+        f'{settings["small_model_batches"]} continued batches (and {settings["calibration_samples"]} calibration '
+        'samples, forward only). Shearing masks start as '
         f'`--shearing-init {results["shearing_init"]}`. Seeds {", ".join(map(str, results["seeds"]))}. Wall time '
-        f'{results["wall_seconds"] / 60:.1f} min; the stages below took {sum(stage["wall_seconds"] for stage in results["stages"]) / 60:.1f} min together.',
+        f'{results["wall_seconds"] / 60:.1f} min; the stages below took '
+        f'{sum(stage["wall_seconds"] for stage in results["stages"]) / 60:.1f} min together.',
         '',
         f"Tasks: {tasks['subset_rule']}, 0-shot ({tasks['harness']}); ± is the task standard error or half the seeds' "
         "range, whichever is larger. Losses: mean loss per predicted token (nats), ± half the seeds' range.",
@@ -416,15 +423,16 @@ def render_report(results: dict[str, Any]) -> str:
             ],
         ),
         '',
-        f'fp32 on {results["threads"]} CPU threads: a forward of {settings["throughput_batch"]} × {settings["seq_len"]} tokens and '
-        f'greedy generation of {settings["generated_tokens"]} tokens after {settings["throughput_batch"]} prompts of 32, best of 3.',
+        f'fp32 on {results["threads"]} CPU threads: a forward of {settings["throughput_batch"]} × '
+        f'{settings["seq_len"]} tokens and greedy generation of {settings["generated_tokens"]} tokens after '
+        f'{settings["throughput_batch"]} prompts of 32, best of 3.',
         '',
         '## Plots',
         '',
         '![Held-out loss against training tokens](loss_against_tokens.png)',
         '',
-        "Mean held-out loss over the domains against the small model's training tokens, every arm and seed (shearing: the "
-        'masked model at the target shape while pruning, then continued pre-training).',
+        "Mean held-out loss over the domains against the small model's training tokens, every arm and seed "
+        '(shearing: the masked model at the target shape while pruning, then continued pre-training).',
         '',
         '![Accuracy per task and arm](task_accuracy.png)',
         '',
@@ -472,7 +480,8 @@ def run_experiment(
         changed = sorted(key for key in setup if recorded.get(key) != setup[key])
         if changed:
             raise ValueError(
-                f"--resume: {', '.join(changed)} differ from the interrupted run's ({setup_file}); resume with its arguments"
+                f"--resume: {', '.join(changed)} differ from the interrupted run's ({setup_file}); "
+                'resume with its arguments'
             )
     else:
         check_empty(output_dir, 'choose another with --output, or continue it with --resume')

@@ -184,10 +184,11 @@ def outcome_sentences(results: dict[str, Any]) -> list[str]:
         f'{scratch[0]:.3f} ± {scratch[1]:.3f} for the same shape trained from scratch on the same {tokens:,} tokens '
         f"({seeds} seeds; mean ± half range): {compared(continued, scratch)} (the source model's own "
         f'training, {mean["source"][0]:.3f} at its end, is not counted in that budget).',
-        f'With doremi domain weights the pruned + continued model reaches {continued[0]:.3f} ± {continued[1]:.3f}, with constant '
-        f'weights {constant[0]:.3f} ± {constant[1]:.3f} (mean over all eval tokens): doremi is {compared(continued, constant)}; '
-        f'right after pruning, before continued pre-training, doremi {pruned[0]:.3f} ± {pruned[1]:.3f} against constant '
-        f'{pruned_constant[0]:.3f} ± {pruned_constant[1]:.3f} is {compared(pruned, pruned_constant)}.',
+        f'With doremi domain weights the pruned + continued model reaches {continued[0]:.3f} ± {continued[1]:.3f}, '
+        f'with constant weights {constant[0]:.3f} ± {constant[1]:.3f} (mean over all eval tokens): doremi is '
+        f'{compared(continued, constant)}; right after pruning, before continued pre-training, doremi '
+        f'{pruned[0]:.3f} ± {pruned[1]:.3f} against constant {pruned_constant[0]:.3f} ± {pruned_constant[1]:.3f} is '
+        f'{compared(pruned, pruned_constant)}.',
     ]
 
 
@@ -198,9 +199,10 @@ def source_convergence(results: dict[str, Any]) -> str:
     whole_fall, late_fall = losses[0] - losses[-1], losses[last_quarter] - losses[-1]
     epochs = tokens[-1] / sum(results['training_tokens'].values())
     return (
-        f"S's mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after {int(tokens[-1]):,} "
-        f'tokens ({epochs:.2f} epochs of the training split); over its last {int(tokens[-1] - tokens[last_quarter]):,} tokens it '
-        f'fell by {late_fall:.3f} nats, {late_fall / whole_fall:.1%} of its whole fall.'
+        f"S's mean eval loss went from {losses[0]:.3f} at random initialisation to {losses[-1]:.3f} after "
+        f'{int(tokens[-1]):,} tokens ({epochs:.2f} epochs of the training split); over its last '
+        f'{int(tokens[-1] - tokens[last_quarter]):,} tokens it fell by {late_fall:.3f} nats, '
+        f'{late_fall / whole_fall:.1%} of its whole fall.'
     )
 
 
@@ -211,11 +213,11 @@ def render_report(results: dict[str, Any]) -> str:
     lines = [
         '# Shearing vs training from scratch: a miniature Sheared-LLaMA experiment',
         '',
-        f'Data: the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer (32000 pieces) into samples of '
-        f'{settings["seq_len"]} tokens; {settings["eval_samples"]} eval samples per domain, from documents training never reads. '
-        f'Batches of {settings["batch_size"]} samples ({settings["tokens_per_batch"]:,} tokens). Seeds {", ".join(map(str, results["seeds"]))} '
-        f'(data order, mask sampling, initialisation from scratch); the source model is trained once (seed {SOURCE_SEED}). '
-        f'Wall time {results["wall_seconds"] / 60:.1f} min.',
+        'Data: the RedPajama sample (7 domains) tokenised with the Mistral-7B tokenizer (32000 pieces) into samples of '
+        f'{settings["seq_len"]} tokens; {settings["eval_samples"]} eval samples per domain, from documents training '
+        f'never reads. Batches of {settings["batch_size"]} samples ({settings["tokens_per_batch"]:,} tokens). Seeds '
+        f'{", ".join(map(str, results["seeds"]))} (data order, mask sampling, initialisation from scratch); the source '
+        f'model is trained once (seed {SOURCE_SEED}). Wall time {results["wall_seconds"] / 60:.1f} min.',
         '',
         '## Outcome',
         '',
@@ -231,26 +233,29 @@ def render_report(results: dict[str, Any]) -> str:
                     *(source[field] for field in report.SHAPE_HEADERS),
                     source['head_dim'],
                     f'{results["parameters"]["source"]:,}',
-                    f'{settings["source_batches"]} batches from scratch ({settings["source_batches"] * settings["tokens_per_batch"]:,} tokens)',
+                    f'{settings["source_batches"]} batches from scratch '
+                    f'({settings["source_batches"] * settings["tokens_per_batch"]:,} tokens)',
                 ],
                 [
                     'T (pruned, scratch)',
                     *(target[field] for field in report.SHAPE_HEADERS),
                     target['head_dim'],
                     f'{results["parameters"]["target"]:,}',
-                    f'pruning {settings["pruning_batches"]} + continued {settings["continued_batches"]} batches; scratch '
-                    f'{settings["pruning_batches"] + settings["continued_batches"]} batches ({settings["tokens_small_model"]:,} tokens)',
+                    f'pruning {settings["pruning_batches"]} + continued {settings["continued_batches"]} batches; '
+                    f'scratch {settings["pruning_batches"] + settings["continued_batches"]} batches '
+                    f'({settings["tokens_small_model"]:,} tokens)',
                 ],
             ],
         ),
         '',
-        f"T keeps {results['parameters']['target'] / results['parameters']['source']:.1%} of S's non-embedding parameters; "
-        'pruning learns masks over layers, attention heads, MLP channels and the hidden width. S, scratch and pruning start from the '
-        f'natural mix of the {sum(results["training_tokens"].values()):,} training tokens, each domain in proportion to its '
-        f'tokens ({", ".join(f"{domain} {share:.3f}" for domain, share in results["mix"].items())}); S, scratch and the '
-        "constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S's own "
-        'per-domain eval losses, and continued pre-training starts from the domain weights its pruning run ended with. '
-        'The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
+        f"T keeps {results['parameters']['target'] / results['parameters']['source']:.1%} of S's non-embedding "
+        'parameters; pruning learns masks over layers, attention heads, MLP channels and the hidden width. S, scratch '
+        f'and pruning start from the natural mix of the {sum(results["training_tokens"].values()):,} training tokens, '
+        'each domain in proportion to its tokens '
+        f'({", ".join(f"{domain} {share:.3f}" for domain, share in results["mix"].items())}); S, scratch and the '
+        "constant ablation keep it, doremi runs update it after each evaluation towards the reference losses, S's "
+        'own per-domain eval losses, and continued pre-training starts from the domain weights its pruning run ended '
+        'with. The pruned model is evaluated at the target shape (deterministic masks) while pruning.',
         '',
         '## The source model',
         '',
@@ -271,8 +276,8 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         '## Eval loss per domain',
         '',
-        "Mean loss per predicted token (nats) on each domain's eval split; *all domains* is the mean over all eval tokens. "
-        'Mean ± half the range over the seeds (S: one run).',
+        "Mean loss per predicted token (nats) on each domain's eval split; *all domains* is the mean over all eval "
+        'tokens. Mean ± half the range over the seeds (S: one run).',
         '',
         *report.markdown_table(['model', *DOMAINS, 'all domains'], loss_rows(results)),
         '',
@@ -280,8 +285,8 @@ def render_report(results: dict[str, Any]) -> str:
         '',
         '![Eval loss against tokens](loss_against_tokens.png)',
         '',
-        'Mean eval loss over the domains against training tokens of the small model: pruning (masked model at the target '
-        'shape) then continued pre-training, against the same shape from scratch; every seed.',
+        'Mean eval loss over the domains against training tokens of the small model: pruning (masked model at the '
+        'target shape) then continued pre-training, against the same shape from scratch; every seed.',
         '',
         '![Domain weights](domain_weights.png)',
         '',

@@ -582,6 +582,11 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
     counts, masked_model = _mask_counts(work_dir / 'checkpoints')
     export = _export_difference(masked_model, work_dir / 'pruned', target)
     lambdas_moved = all(value.abs().sum().item() > 0 for value in masked_model.l0_module.lambdas.values())
+    parallelism = (
+        'FSDP FULL_SHARD, amp_bf16, non-reentrant activation checkpointing, use_orig_params'
+        if fsdp_enabled
+        else 'no FSDP (CPU)'
+    )
     return {
         'fsdp': fsdp if fsdp_enabled else None,
         'batches': batches,
@@ -596,7 +601,7 @@ def part_composer_fsdp(settings: Settings, work_dir: Path) -> dict[str, Any]:
             'export_matches_masked_model': export['absolute_difference'] <= FP32_TOLERANCE,
         },
         'summary': [
-            f'{batches} batches, {"FSDP FULL_SHARD, amp_bf16, non-reentrant activation checkpointing, use_orig_params" if fsdp_enabled else "no FSDP (CPU)"}: '
+            f'{batches} batches, {parallelism}: '
             f'masks keep {counts}, multipliers trained {lambdas_moved}; FIT_END export (fp32) vs masked model '
             f'max |diff| {export["absolute_difference"]:.1e}',
         ],
@@ -680,7 +685,8 @@ def part_scaled_throughput(settings: Settings, work_dir: Path) -> dict[str, Any]
     )
     peak = '' if measured['peak_gib'] is None else f", peak {measured['peak_gib']} GiB"
     result['summary'] = [
-        f'pruning step {settings.batch_size} x {settings.seq_len} tokens, {depth}: {measured["tokens_per_s"]:,} tokens/s/GPU, '
+        f'pruning step {settings.batch_size} x {settings.seq_len} tokens, {depth}: '
+        f'{measured["tokens_per_s"]:,} tokens/s/GPU, '
         f'{measured["step_ms"]:.0f} ms/step{peak}, MFU {result["mfu_of_h200_datasheet"]:.0%} of '
         f"the H200's {H200_PEAK_BF16 / 1e12:.0f} TFLOP/s ({result['mfu_of_measured_matmul']:.0%} of the "
         f'{result["matmul_tflops"]} TFLOP/s measured on a matrix product)',

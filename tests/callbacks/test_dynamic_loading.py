@@ -294,7 +294,8 @@ def test_an_evaluation_without_a_domain_is_an_error_not_a_nan(data):
         (
             {'domains': ['cc', 'wiki', 'github']},
             DOMAINS,
-            "callbacks.dynamic_loading.domains: ['cc', 'wiki', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']",
+            "callbacks.dynamic_loading.domains: ['cc', 'wiki', 'github'] do not match the training data's domains "
+            "['cc', 'github', 'wiki']",
         ),
         (
             {'reference': [1.0, 2.0]},
@@ -304,7 +305,8 @@ def test_an_evaluation_without_a_domain_is_an_error_not_a_nan(data):
         (
             {},
             ('cc', 'github'),
-            "eval_loader.dataset.domains: ['cc', 'github'] do not match the training data's domains ['cc', 'github', 'wiki']",
+            "eval_loader.dataset.domains: ['cc', 'github'] do not match the training data's domains "
+            "['cc', 'github', 'wiki']",
         ),
     ],
 )

@@ -276,7 +276,8 @@ def _config_overrides(toy: dict[str, Path], *extra: str) -> list[str]:
         (
             'algorithms.distillation.temprature=2',
             ValueError,
-            'algorithms.distillation.temprature is not a setting; the settings are teacher, temperature, alpha, chunk_size',
+            'algorithms.distillation.temprature is not a setting; '
+            'the settings are teacher, temperature, alpha, chunk_size',
         ),
     ],
     ids=['alpha', 'temperature', 'missing_teacher', 'unknown_key'],

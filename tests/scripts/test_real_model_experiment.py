@@ -126,7 +126,8 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
     with pytest.raises(
         RuntimeError,
         match=re.escape(
-            'stage pruning (sheared, seed 1) failed with exit status 1: composer train.py yamls/tiny/missing.yaml seed=1'
+            'stage pruning (sheared, seed 1) failed with exit status 1: '
+            'composer train.py yamls/tiny/missing.yaml seed=1'
         ),
     ):
         stage.run()
@@ -134,7 +135,8 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
 
 @pytest.mark.skipif(
     os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='about 5 minutes on 2 quiet cores (SmolLM2 through eleven steps): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
+    reason='about 5 minutes on 2 quiet cores (SmolLM2 through eleven steps): '
+    'set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
 )
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
     output_dir = tmp_path / 'run'

@@ -40,6 +40,7 @@ setup(
         'llmfoundry_algorithms': [
             'shearing = llmshearing.pruning.algorithm:Shearing',
             'distillation = llmshearing.distillation.algorithm:Distillation',
+            'cpu_autocast = llmshearing.cpu_autocast:CPUAutocast',
         ],
         'llmfoundry_dataloaders': ['dynamic_text = llmshearing.data.dataloader:build_dynamic_text_dataloader'],
         'llmfoundry_callbacks': ['dynamic_loading = llmshearing.callbacks.dynamic_loading:DynamicLoading'],

@@ -23,7 +23,7 @@ WEIGHT_DTYPES = {'bf16': 'bfloat16', 'fp16': 'float16', 'fp32': 'float32'}
 """The dtypes a pruned model is written in, by their short names, with the name of each in torch."""
 DEFAULT_WEIGHT_DTYPE = 'bf16'
 
-EVAL_DTYPES = ('float32', 'bfloat16')
+EVAL_DTYPES = ('float32', 'bfloat16', 'amp_bf16')
 """The dtypes ``llmshearing evaluate`` runs models in."""
 
 LOSS_EVAL_DTYPES = ('float32', 'bfloat16', 'float16')

@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 from transformers import AutoConfig, AutoTokenizer
 
+from llmshearing.cpu_autocast import with_cpu_autocast
 from llmshearing.distillation.algorithm import Distillation, check_teacher_matches
 from llmshearing.pruning.algorithm import Shearing
 from llmshearing.pruning.l0_module import L0Module
@@ -20,7 +21,8 @@ from llmshearing.pruning.shape import ModelShape
 
 
 def load_train_config(yaml_path: str | Path, overrides: list[str]) -> DictConfig:
-    """The YAML with ``key=value`` overrides merged in, as llm-foundry's ``train_from_yaml`` reads it."""
+    """The YAML with ``key=value`` overrides merged in, as llm-foundry's ``train_from_yaml`` reads it; on a machine
+    without a GPU, ``precision: amp_bf16`` becomes fp32 with the ``cpu_autocast`` algorithm (``with_cpu_autocast``)."""
     yaml_path = Path(yaml_path)
     if not yaml_path.is_file():
         raise FileNotFoundError(f'config {yaml_path} does not exist')
@@ -28,7 +30,7 @@ def load_train_config(yaml_path: str | Path, overrides: list[str]) -> DictConfig
     config = om.load(yaml_path)
     if overrides:
         config = om.merge(config, om.from_cli(overrides))
-    return config
+    return with_cpu_autocast(config)
 
 
 def _looks_local(name: str) -> bool:

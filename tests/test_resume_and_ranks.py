@@ -59,15 +59,17 @@ def _last_value_per_batch(output_dir: Path, name: str) -> dict[int, float]:
 
 
 @pytest.mark.parametrize(
-    ('recipe', 'metrics'),
+    ('recipe', 'metrics', 'extra'),
     [
         (
             TINY_PRUNING,
             ('loss/train/total', 'shearing/lagrangian', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code'),
+            (),
         ),
         (
             TINY_CONTINUED_PRETRAINING,
             ('loss/train/total', 'dynamic_loading/proportion/code', 'dynamic_loading/loss/code'),
+            (),
         ),
         (
             TINY_PRUNING_DISTILLATION,
@@ -78,16 +80,23 @@ def _last_value_per_batch(output_dir: Path, name: str) -> dict[int, float]:
                 'shearing/lagrangian',
                 'dynamic_loading/proportion/code',
             ),
+            (),
+        ),
+        (
+            TINY_PRUNING_DISTILLATION,
+            ('loss/train/total', 'loss/train/kd', 'shearing/lagrangian', 'dynamic_loading/proportion/code'),
+            ('precision=amp_bf16',),
         ),
     ],
-    ids=['pruning', 'continued_pretraining', 'pruning_distillation'],
+    ids=['pruning', 'continued_pretraining', 'pruning_distillation', 'pruning_distillation_amp_bf16'],
 )
-def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, metrics):
-    uninterrupted = assets / recipe.stem / 'uninterrupted'
-    _run(_command(assets, uninterrupted, recipe=recipe), assets)
+def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, metrics, extra):
+    run_dir = assets / f'{recipe.stem}{"_" if extra else ""}{"_".join(extra)}'
+    uninterrupted = run_dir / 'uninterrupted'
+    _run(_command(assets, uninterrupted, *extra, recipe=recipe), assets)
 
-    interrupted = assets / recipe.stem / 'interrupted'
-    command = _command(assets, interrupted, recipe=recipe)
+    interrupted = run_dir / 'interrupted'
+    command = _command(assets, interrupted, *extra, recipe=recipe)
     process = subprocess.Popen(
         command, cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

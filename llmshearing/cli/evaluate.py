@@ -42,7 +42,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help=f'requests per forward pass (default: {DEFAULT_EVAL_BATCH_SIZE})')
     parser.add_argument('--device', default=DEFAULT_EVAL_DEVICE, help=f'cpu or cuda (default: {DEFAULT_EVAL_DEVICE})')
     parser.add_argument('--dtype', choices=EVAL_DTYPES, default=DEFAULT_EVAL_DTYPE,
-                        help=f'dtype of the models while evaluating (default: {DEFAULT_EVAL_DTYPE})')
+                        help='float32 or bfloat16 weights, or amp_bf16: float32 weights, a bfloat16-autocast forward '
+                        f'(default: {DEFAULT_EVAL_DTYPE})')
     parser.add_argument('--out', required=True, type=Path,
                         help='FILE.json; FILE.md, FILE.png and FILE.samples.jsonl go beside it')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')

@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 from composer.core import Algorithm, Event, Precision, State
-from composer.core.precision import get_precision_context
 from composer.distributed import prepare_fsdp_module
 from composer.loggers import Logger
 from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
@@ -30,6 +29,7 @@ from transformers import (
 )
 
 from llmshearing.callbacks.dynamic_loading import next_token_targets
+from llmshearing.cpu_autocast import forward_precision, forward_precision_context
 from llmshearing.distillation.loss import DEFAULT_CHUNK_SIZE, kd_loss
 
 log = logging.getLogger(__name__)
@@ -106,16 +106,10 @@ def shard_teacher(teacher: PreTrainedModel, state: State) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def teacher_logits(
-    teacher: torch.nn.Module,
-    batch: Mapping[str, Any],
-    precision: Precision | str = Precision.FP32,
-    precision_config: dict[str, Any] | None = None,
-) -> torch.Tensor:
-    """The teacher's logits on the batch's inputs, under ``torch.no_grad`` in the run's ``precision``."""
+def teacher_logits(teacher: torch.nn.Module, batch: Mapping[str, Any]) -> torch.Tensor:
+    """The teacher's logits on the batch's inputs, under ``torch.no_grad``."""
     inputs = {key: batch[key] for key in TEACHER_INPUTS if key in batch}
-    with get_precision_context(precision, precision_config):
-        return teacher(**inputs, use_cache=False).logits
+    return teacher(**inputs, use_cache=False).logits
 
 
 def distill_loss(
@@ -191,17 +185,19 @@ class Distillation(Algorithm):
         if event == Event.INIT:
             student = state.model.model
             check_teacher_matches(self.teacher_folder, student.config, state.model.tokenizer)
-            teacher = load_teacher(self.teacher_folder, TEACHER_DTYPES[Precision(state.precision)])
+            teacher = load_teacher(self.teacher_folder, TEACHER_DTYPES[forward_precision(state)])
             if state.fsdp_config is not None:
                 self.teacher = shard_teacher(teacher, state).teacher
             else:
                 self.teacher = state.device.module_to_device(teacher)
             log.info('Distilling from %s (alpha %s, temperature %s)', self.teacher_folder, self.alpha, self.temperature)
         elif event == Event.BEFORE_BACKWARD:
+            with forward_precision_context(state):
+                logits = teacher_logits(self.teacher, state.batch)
             state.loss = distill_loss(
                 state.loss,
                 state.outputs.logits,
-                teacher_logits(self.teacher, state.batch, state.precision, state.precision_config),
+                logits,
                 state.batch['labels'],
                 self.alpha,
                 self.temperature,

@@ -117,7 +117,8 @@ def evaluate_models(
         num_fewshot: shots for every task (default: each known task's own, 0 for others).
         batch_size: requests per forward pass.
         device: ``cpu`` or ``cuda``.
-        dtype: ``float32`` or ``bfloat16`` weights.
+        dtype: ``float32`` or ``bfloat16`` weights, or ``amp_bf16``: float32 weights and the forward under bfloat16
+            autocast (as ``precision: amp_bf16`` trains; AMX or AVX-512 BF16 on a CPU that has them).
     """
     folders = _check_models(models)
     if limit is not None and limit <= 0:
@@ -163,23 +164,25 @@ def evaluate_models(
             },
         },
     }
+    weights_dtype = torch.float32 if dtype == 'amp_bf16' else getattr(torch, dtype)
     records = []
     for folder in folders:
         started = time.perf_counter()
         log.info('Evaluating %s on %s', folder, ', '.join(task.name for task in checked))
-        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=getattr(torch, dtype)).to(device).eval()
+        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
         harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        output = simple_evaluate(
-            model=harness_model,
-            tasks=configs,
-            samples=rows,
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'amp_bf16'):
+            output = simple_evaluate(
+                model=harness_model,
+                tasks=configs,
+                samples=rows,
+                log_samples=True,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
         task_results = {
             task.name: _task_result(task, shots[task.name], output['results'][task.harness_name]) for task in checked
         }

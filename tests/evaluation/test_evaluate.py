@@ -237,6 +237,25 @@ def test_outputs_and_rows_match_an_independent_computation(task_dir: Path, toy_m
     assert out.with_suffix('.png').read_bytes()[:4] == b'\x89PNG'
 
 
+def test_amp_bf16_autocasts_the_forward_of_float32_weights(task_dir: Path, toy_models: list[Path]):
+    model = str(toy_models[0])
+    tasks = 'quiz,last_word'
+    result, records = evaluate_models([model], tasks, task_dir, dtype='amp_bf16')
+    assert result['settings']['dtype'] == 'amp_bf16'
+    assert result['models'][model]['parameters'] == sum(
+        parameter.numel() for parameter in AutoModelForCausalLM.from_pretrained(model).parameters()
+    )
+    fp32 = independent_records(Path(model), task_dir, {'quiz': [0, 1, 2, 3], 'last_word': [0, 1, 2]})
+    differences = [
+        abs(loglikelihood - expected)
+        for record in records
+        for loglikelihood, (expected, _) in zip(record['loglikelihoods'], fp32[(record['task'], record['row'])])
+    ]
+    assert len(differences) == sum(len(choices) for choices in fp32.values())
+    assert max(differences) < 0.5, differences
+    assert max(differences) > 0, 'amp_bf16 gave the float32 log-likelihoods exactly: no autocast'
+
+
 # The real model ----------------------------------------------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ SmolLM2-135M (``--model toy``: a small random Llama, the form the tests run):
 Weights and optimizer state stay fp32, as on a GPU with ``amp_bf16``.
 
     .venv/bin/python -m scripts.bench.cpu_bf16 [--model smollm2|toy] [--repeats 6] [--batch-size 4] [--seq-len 256]
+        [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedModel
 from llmshearing.pruning import attach_masks
 from llmshearing.toy import llama_config
 from scripts.bench.pruning_step import interleaved_times, training_step
+from scripts.bench.quick import parse_args
 
 SMOLLM2_TARGET = {
     'hidden_size': 384, 'num_attention_heads': 6, 'num_key_value_heads': 3, 'intermediate_size': 1024,
@@ -68,7 +70,7 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--seq-len', type=int, default=256)
     parser.add_argument('--repeats', type=int, default=6)
-    args = parser.parse_args()
+    args = parse_args(parser, {'model': 'toy', 'batch_size': 2, 'seq_len': 32, 'repeats': 1})
 
     fp32_model, target = source_model(args.model)
     fp32_model.train()

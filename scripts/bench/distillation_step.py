@@ -12,7 +12,7 @@ Memory: on one long, large-vocabulary microbatch of logits (``--memory-seq-len``
 (transformers' causal-LM cross-entropy, which upcasts the logits to fp32) and of ``kd_loss`` (chunked, and with
 ``chunk_size=None``), beyond the logits themselves (RSS high-water mark on CPU, allocator peak on CUDA).
 
-    .venv/bin/python -m scripts.bench.distillation_step [--device cuda --dtype bf16]
+    .venv/bin/python -m scripts.bench.distillation_step [--device cuda --dtype bf16] [--quick]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 from llmshearing.distillation import distill_loss, kd_loss
 from llmshearing.distillation.loss import DEFAULT_CHUNK_SIZE
 from scripts.bench.pruning_step import DTYPES, timed
+from scripts.bench.quick import parse_args
 
 
 def llama(vocab_size: int, hidden_size: int, layers: int) -> LlamaConfig:
@@ -169,7 +170,14 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=12)
     parser.add_argument('--memory-seq-len', type=int, default=2048)
     parser.add_argument('--memory-vocab', type=int, default=128256)
-    args = parser.parse_args()
+    args = parse_args(
+        parser,
+        {
+            'vocab': 1024, 'teacher_hidden_size': 128, 'teacher_layers': 2, 'student_hidden_size': 64,
+            'student_layers': 1, 'batch_size': 2, 'seq_len': 32, 'repeats': 1, 'memory_seq_len': 512,
+            'memory_vocab': 32768,
+        },
+    )
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     step_times(args, device, dtype)

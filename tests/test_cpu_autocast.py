@@ -63,7 +63,7 @@ def test_a_tiny_pruning_run_in_amp_bf16_is_close_to_fp32_and_not_equal(tmp_path:
     write_random_domain_data(tmp_path / 'data', DOMAINS, train_samples=32, eval_samples=4, seq_len=64)
     fp32 = _train(tmp_path, tmp_path / 'fp32')
     bf16 = _train(tmp_path, tmp_path / 'bf16', 'precision=amp_bf16')
-    assert sorted(fp32) == sorted(bf16) == list(range(1, BATCHES + 1))
+    assert sorted(fp32) == sorted(bf16) == list(range(BATCHES))
     differences = [abs(fp32[batch] - bf16[batch]) for batch in fp32]
     assert max(differences) < 0.05, differences
     assert max(differences) > 0, 'the bf16 run computed exactly the fp32 losses: autocast was not active'

@@ -171,18 +171,20 @@ def evaluate_models(
         log.info('Evaluating %s on %s', folder, ', '.join(task.name for task in checked))
         model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        harness_model = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
-        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=dtype == 'amp_bf16'):
-            output = simple_evaluate(
-                model=harness_model,
-                tasks=configs,
-                samples=rows,
-                log_samples=True,
-                random_seed=seed,
-                numpy_random_seed=seed,
-                torch_random_seed=seed,
-                fewshot_random_seed=seed,
-            )
+        harness_model = HFLM(
+            pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
+            mixed_precision_dtype=torch.bfloat16 if dtype == 'amp_bf16' else None,
+        )
+        output = simple_evaluate(
+            model=harness_model,
+            tasks=configs,
+            samples=rows,
+            log_samples=True,
+            random_seed=seed,
+            numpy_random_seed=seed,
+            torch_random_seed=seed,
+            fewshot_random_seed=seed,
+        )
         task_results = {
             task.name: _task_result(task, shots[task.name], output['results'][task.harness_name]) for task in checked
         }

@@ -252,8 +252,9 @@ def test_amp_bf16_autocasts_the_forward_of_float32_weights(task_dir: Path, toy_m
         for loglikelihood, (expected, _) in zip(record['loglikelihoods'], fp32[(record['task'], record['row'])])
     ]
     assert len(differences) == sum(len(choices) for choices in fp32.values())
+    # float32 through the harness matches this computation within 1e-4 (test above); bfloat16 matmuls do not.
     assert max(differences) < 0.5, differences
-    assert max(differences) > 0, 'amp_bf16 gave the float32 log-likelihoods exactly: no autocast'
+    assert max(differences) > 1e-3, f'amp_bf16 gave the float32 log-likelihoods: no autocast ({max(differences)})'
 
 
 # The real model ----------------------------------------------------------------------------------------------
@@ -279,7 +280,9 @@ def random_smollm2_shape(smollm2: Path, tmp_path_factory: pytest.TempPathFactory
 
 @needs_shared_tasks
 def test_smollm2_is_above_chance_where_a_random_model_is_not(smollm2: Path, random_smollm2_shape: Path):
-    result, _ = evaluate_models([smollm2, random_smollm2_shape], 'arc_easy,piqa', SHARED_TASKS, limit=100, seed=0)
+    result, _ = evaluate_models(
+        [smollm2, random_smollm2_shape], 'arc_easy,piqa', SHARED_TASKS, limit=100, seed=0, dtype='amp_bf16'
+    )
     for task in ('arc_easy', 'piqa'):
         chance = result['settings']['tasks'][task]['chance']
         trained = result['models'][str(smollm2)]['tasks'][task]

@@ -54,6 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f'llmshearing {args.command}: error: {error_message(error, args.flags)}', file=sys.stderr)
+        sys.stderr.write(f'llmshearing {args.command}: error: {error_message(error, args.flags)}\n')
         return 2
     return 0

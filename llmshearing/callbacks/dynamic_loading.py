@@ -13,9 +13,11 @@ run ended with, so that continued pre-training can start from those pruning ende
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
 from collections.abc import Sequence
+from numbers import Real
 from pathlib import Path
 from typing import Any
 
@@ -96,14 +98,24 @@ def doremi_update(
     eta: float,
     smoothing: float,
     excess: str = 'clipped',
+    max_step: float | None = None,
 ) -> np.ndarray:
-    """α ← (1 − c)·softmax(log α + η·Δ) + c / k, with c = ``smoothing``, k domains and the excess loss
-    Δ = max(ℓ − ℓ_ref, 0) (``excess='clipped'``) or ℓ − ℓ_ref (``excess='raw'``)."""
+    """α ← (1 − c)·softmax(log α + s) + c / k, with c = ``smoothing``, k domains, the log-weight step s = η·Δ and
+    the excess loss Δ = max(ℓ − ℓ_ref, 0) (``excess='clipped'``) or ℓ − ℓ_ref (``excess='raw'``).
+
+    ``max_step`` b bounds the step: s is centred and clipped before the softmax,
+    α ← (1 − c)·softmax(log α + clip(s − mean(s), −b, b)) + c / k,
+    so that one update multiplies any two domains' weight ratio (before the uniform mix) by a factor between
+    e^(−2b) and e^(2b); centring alone changes nothing (softmax is shift-invariant). ``None`` leaves s as it is:
+    the paper's update."""
     excess_loss = np.asarray(losses, np.float64) - np.asarray(references, np.float64)
     if excess == 'clipped':
         excess_loss = np.maximum(excess_loss, 0.0)
+    step = eta * excess_loss
+    if max_step is not None:
+        step = np.clip(step - step.mean(), -max_step, max_step)
     with np.errstate(divide='ignore'):
-        logits = np.log(np.asarray(proportions, np.float64)) + eta * excess_loss
+        logits = np.log(np.asarray(proportions, np.float64)) + step
     weights = np.exp(logits - logits.max())
     weights /= weights.sum()
     return (1 - smoothing) * weights + smoothing / len(weights)
@@ -125,13 +137,19 @@ class DynamicLoading(Callback):
         reference: each domain's reference loss, in the order of the data's ``domains``, or ``'initial'``:
             the model's own per-domain eval losses at the first evaluation (set ``eval_first: true`` to take
             them before any training step).
-        update: ``'doremi'`` (α ← (1 − c)·softmax(log α + η·Δ) + c / k, Δ the ``excess`` loss) or ``'constant'``
-            (keep the initial proportions; the losses are still logged).
+        update: ``'doremi'`` (α ← (1 − c)·softmax(log α + η·Δ) + c / k, Δ the ``excess`` loss, the step bounded by
+            ``max_step`` if set) or ``'constant'`` (keep the initial proportions; the losses are still logged).
         eta: the step size η of the ``doremi`` update.
         excess: the excess loss of the ``doremi`` update: ``'clipped'`` (max(ℓ − ℓ_ref, 0), the paper's Algorithm 1:
             a domain below its reference keeps its weight relative to the others that are) or ``'raw'`` (ℓ − ℓ_ref,
             as the original LLM-Shearing code computes it: a domain below its reference loses weight).
         smoothing: the weight c of the uniform distribution mixed into the ``doremi`` update.
+        max_step: a bound b > 0 on each ``doremi`` update, or ``None``: the paper's update. With b, the log-weight
+            step s = η·Δ is centred and clipped before the softmax,
+            α ← (1 − c)·softmax(log α + clip(s − mean(s), −b, b)) + c / k,
+            so that one update multiplies any two domains' weight ratio (before the uniform mix) by a factor between
+            e^(−2b) and e^(2b). For a model far above its references on every domain, as a heavily pruned small
+            model is, whose unbounded update gives nearly all the data to one domain within a few evaluations.
         domains: the domain names this configuration expects, checked against the training data's.
         initial_proportions: the proportions to start from instead of the train loader's: one per domain, or a
             run to take them from, the proportions it ended with (``final_domain_weights``: its output folder, save
@@ -147,6 +165,7 @@ class DynamicLoading(Callback):
         eta: float = 1.0,
         smoothing: float = 1e-4,
         excess: str = 'clipped',
+        max_step: float | None = None,
         domains: Sequence[str] | None = None,
         initial_proportions: Sequence[float] | str | os.PathLike | None = None,
     ):
@@ -158,6 +177,12 @@ class DynamicLoading(Callback):
             raise ValueError(f'callbacks.dynamic_loading.excess must be one of {list(EXCESS_LOSSES)}, got {excess!r}')
         if not 0 <= smoothing <= 1:
             raise ValueError(f'callbacks.dynamic_loading.smoothing must be in [0, 1], got {smoothing}')
+        if max_step is not None and not (
+            isinstance(max_step, Real) and not isinstance(max_step, bool) and 0 < max_step < math.inf
+        ):
+            raise ValueError(
+                f'callbacks.dynamic_loading.max_step must be a positive finite number or null, got {max_step!r}',
+            )
         if isinstance(reference, str):
             if reference != 'initial':
                 raise ValueError(
@@ -172,6 +197,7 @@ class DynamicLoading(Callback):
         self.eta = eta
         self.smoothing = smoothing
         self.excess = excess
+        self.max_step = None if max_step is None else float(max_step)
         self.expected_domains = None if domains is None else tuple(domains)
         self.initial_proportions: dict[str, float] | tuple[float, ...] | None = None
         self._initial_run: str | None = None
@@ -311,7 +337,10 @@ class DynamicLoading(Callback):
             log.info('Reference losses (initial): %s', dict(zip(domains, self.references)))
         if self.update == 'doremi':
             proportions = torch.from_numpy(
-                doremi_update(self.proportions, losses, self.references, self.eta, self.smoothing, self.excess),
+                doremi_update(
+                    self.proportions, losses, self.references, self.eta, self.smoothing, self.excess,
+                    max_step=self.max_step,
+                ),
             )
             proportions = state.device.tensor_to_device(proportions)
             dist.broadcast(proportions, src=0)

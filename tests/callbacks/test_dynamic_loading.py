@@ -87,6 +87,48 @@ def test_a_wrong_excess_names_the_key():
         DynamicLoading(excess='clip')
 
 
+def test_doremi_update_without_max_step_is_the_papers_update_bit_for_bit():
+    proportions, losses, references = (0.5, 0.3, 0.2), (9.0, 11.0, 7.5), (3.0, 3.0, 2.5)
+    # The paper's update as computed before max_step existed: excess losses 6, 8, 5, no centring.
+    logits = np.log(np.array(proportions)) + 1.0 * np.maximum(np.array(losses) - np.array(references), 0.0)
+    weights = np.exp(logits - logits.max())
+    weights /= weights.sum()
+    expected = (1 - 1e-4) * weights + 1e-4 / 3
+    np.testing.assert_array_equal(doremi_update(proportions, losses, references, 1.0, 1e-4), expected)
+    np.testing.assert_array_equal(doremi_update(proportions, losses, references, 1.0, 1e-4, max_step=None), expected)
+
+
+def test_max_step_centres_and_clips_the_step_when_it_binds():
+    proportions, losses, references = (0.5, 0.3, 0.2), (9.0, 11.0, 7.5), (3.0, 3.0, 2.5)
+    # Steps η·Δ = 6, 8, 5; their mean is 19/3; centred: -1/3, 5/3, -4/3; clipped to [-0.5, 0.5]: -1/3, 0.5, -0.5.
+    unnormalised = [0.5 * math.exp(-1 / 3), 0.3 * math.exp(0.5), 0.2 * math.exp(-0.5)]
+    expected = [(1 - 1e-4) * weight / sum(unnormalised) + 1e-4 / 3 for weight in unnormalised]
+    np.testing.assert_allclose(
+        doremi_update(proportions, losses, references, 1.0, 1e-4, max_step=0.5), expected, rtol=1e-14
+    )
+    # Without the uniform mix, no two domains' weight ratio moves by more than e^(2b).
+    bounded = doremi_update(proportions, losses, references, 1.0, 0.0, max_step=0.5)
+    ratio_changes = np.log(np.outer(bounded, 1 / bounded) / np.outer(proportions, 1 / np.array(proportions)))
+    assert np.abs(ratio_changes).max() == pytest.approx(1.0, rel=1e-12)  # github against wiki: 0.5 - (-0.5)
+
+
+def test_max_step_that_does_not_bind_leaves_the_update_unchanged():
+    proportions, losses, references = (0.5, 0.3, 0.2), (2.0, 3.5, 1.0), (2.5, 3.0, 0.8)
+    # Steps 0.7 * (0, 0.5, 0.2) = 0, 0.35, 0.14; centred: -0.163, 0.187, -0.023, all inside [-0.5, 0.5].
+    unnormalised = [0.5, 0.3 * math.exp(0.7 * 0.5), 0.2 * math.exp(0.7 * 0.2)]
+    expected = [(1 - 1e-2) * weight / sum(unnormalised) + 1e-2 / 3 for weight in unnormalised]
+    bounded = doremi_update(proportions, losses, references, 0.7, 1e-2, max_step=0.5)
+    np.testing.assert_allclose(bounded, expected, rtol=1e-14)
+    np.testing.assert_allclose(bounded, doremi_update(proportions, losses, references, 0.7, 1e-2), rtol=1e-14)
+
+
+@pytest.mark.parametrize('max_step', [0, 0.0, -0.5, float('nan'), float('inf'), '0.5', True])
+def test_a_max_step_that_is_not_a_positive_finite_number_names_the_key(max_step):
+    message = f'callbacks.dynamic_loading.max_step must be a positive finite number or null, got {max_step!r}'
+    with pytest.raises(ValueError, match=re.escape(message)):
+        DynamicLoading(max_step=max_step)
+
+
 def test_doremi_update_keeps_proportions_when_no_domain_lags_and_revives_a_domain_at_zero():
     np.testing.assert_allclose(
         doremi_update((0.5, 0.5, 0.0), (1.0, 1.0, 1.0), (2.0, 2.0, 2.0), 1.0, 0.0), (0.5, 0.5, 0.0)
@@ -254,6 +296,20 @@ def test_each_evaluation_updates_the_training_proportions_as_computed_by_hand(da
     }
     assert logged['dynamic_loading/loss/github'] == pytest.approx(second_losses[1], rel=1e-6)
     assert logged['dynamic_loading/proportion/wiki'] == dataset.proportions[2]
+
+
+def test_the_callback_bounds_its_update_by_max_step(data):
+    state = trainer_state(data)
+    logger = RecordingLogger()
+    callback = DynamicLoading(reference=[0.0, 0.0, 0.0], max_step=0.1)
+    callback.fit_start(state, logger)
+    batches = random_eval_batches(0)
+    evaluate(callback, state, logger, batches)
+    losses = hand_losses(batches)
+    expected = doremi_update(INITIAL, losses, (0.0, 0.0, 0.0), 1.0, 1e-4, max_step=0.1)
+    np.testing.assert_allclose(state.train_dataloader.dataset.proportions, expected, rtol=1e-6)
+    unbounded = doremi_update(INITIAL, losses, (0.0, 0.0, 0.0), 1.0, 1e-4)
+    assert not np.allclose(expected, unbounded, rtol=1e-3)
 
 
 def test_a_change_applies_after_the_batches_the_workers_may_have_prepared(data):

@@ -102,6 +102,7 @@ def test_resume_needs_an_interrupted_run_of_the_same_setup_and_a_new_run_an_empt
     setup = {
         'settings': dataclasses.asdict(experiment.QUICK),
         'shearing_init': 'importance',
+        'targets': list(experiment.TARGETS),
         'scratch': False,
         'data': str(tmp_path / 'data'),
     }
@@ -135,7 +136,7 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
 
 @pytest.mark.skipif(
     os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='about 5 minutes on 2 quiet cores (SmolLM2 through eleven steps): '
+    reason='about 8 minutes on 2 quiet cores (SmolLM2 through 15 steps, two targets): '
     'set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
 )
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
@@ -147,35 +148,101 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
     assert [stage['name'] for stage in results['stages']] == [
         'prepare data',
         'held-out losses of S',
-        'prune-oneshot (activation)',
-        'pruning (sheared, seed 1)',
-        'continued pre-training (sheared, seed 1)',
-        'pruning (sheared_importance_init, seed 1)',
-        'continued pre-training (sheared_importance_init, seed 1)',
-        'continued pre-training (sheared, distilled, seed 1)',
-        'continued pre-training (oneshot, seed 1)',
-        'continued pre-training (oneshot, distilled, seed 1)',
-        'held-out losses (8 models)',
-        'evaluate (9 models)',
+        *(
+            name
+            for target in experiment.TARGETS
+            for name in (
+                f'prune-oneshot ({target}, activation)',
+                f'pruning ({target}, sheared, seed 1)',
+                f'continued pre-training ({target}, sheared, seed 1)',
+                f'continued pre-training ({target}, sheared, distilled, seed 1)',
+                f'continued pre-training ({target}, oneshot, seed 1)',
+                f'continued pre-training ({target}, oneshot, distilled, seed 1)',
+            )
+        ),
+        'held-out losses (12 models)',
+        'evaluate (13 models)',
         'throughput',
     ]
-    assert set(results['models']) == set(experiment.MODELS) - {'scratch'}
-    for name, runs in results['models'].items():
-        assert len(runs) == 1, name
-        assert set(runs[0]['losses']) == set(experiment.DOMAINS), name
-        assert set(runs[0]['tasks']) == {'arc_easy', 'piqa'}, name
+    assert list(results['targets']) == list(experiment.TARGETS)
     assert all(math.isfinite(number) for number in numbers(results))
     assert results['task_settings']['limit'] == 4 and results['task_settings']['seed'] == experiment.TASK_SEED
-    assert set(results['throughput']) == {'source', 'target'}
-    assert results['parameters']['target'] < 0.5 * results['parameters']['source']
     quick = experiment.QUICK
-    for label, runs in results['curves'].items():
-        tokens = runs[0][0]
-        assert tokens[0] == 0 and tokens[-1] == quick.small_model_batches * quick.tokens_per_batch, label
+    for name, target in results['targets'].items():
+        assert set(target['models']) == set(experiment.MODELS) - {'scratch'}, name
+        for model, runs in target['models'].items():
+            assert len(runs) == 1, (name, model)
+            assert set(runs[0]['losses']) == set(experiment.DOMAINS), (name, model)
+            assert set(runs[0]['tasks']) == {'arc_easy', 'piqa'}, (name, model)
+        assert target['shape'] == experiment.TARGETS[name].shape
+        for label, runs in target['curves'].items():
+            tokens = runs[0][0]
+            assert tokens[0] == 0, (name, label)
+            assert tokens[-1] == quick.small_model_batches * quick.tokens_per_batch, (name, label)
+        assert set(target['domain_weights']) == set(experiment.DOMAINS), name
+    fractions = {name: target['parameters'] / results['source_parameters']
+                 for name, target in results['targets'].items()}
+    assert 0.35 < fractions['narrow'] < 0.4 and 0.6 < fractions['moderate'] < 0.65
 
     markdown = (report_dir / 'README.md').read_text()
     assert NUMBER.findall(markdown) and all(math.isfinite(float(number)) for number in NUMBER.findall(markdown))
     assert all(
         (report_dir / name).stat().st_size > 0
-        for name in ('loss_against_tokens.png', 'task_accuracy.png', 'domain_weights.png')
+        for target in experiment.TARGETS
+        for name in (f'loss_against_tokens_{target}.png', f'task_accuracy_{target}.png', f'domain_weights_{target}.png')
     )
+
+
+def results_of(targets: dict[str, Any], seeds: list[int], commit: str) -> dict[str, Any]:
+    """The fields of a results.json that ``included_targets`` reads, with one pruning stage per target."""
+    return {
+        'settings': experiment.FULL.recorded(), 'seeds': seeds, 'task_settings': {'limit': 100},
+        'shearing_init': 'all_kept', 'precision': 'amp_bf16', 'doremi_max_step': 0.2, 'eval_dtype': 'amp_bf16',
+        'commit': commit, 'command': f'run at {commit}', 'targets': targets,
+        'stages': [{'name': 'prepare data', 'commit': commit}]
+        + [{'name': f'pruning ({name}, sheared, seed 1)', 'commit': commit} for name in targets],
+        'stage_commands': [f'composer train.py out/{name}/seed_1/sheared' for name in targets],
+    }
+
+
+def test_include_adds_an_earlier_runs_other_targets_and_refuses_other_settings(tmp_path):
+    earlier = tmp_path / 'results.json'
+    earlier.write_text(json.dumps(results_of({'narrow': {'parameters': 1}}, [1, 2], 'a')))
+
+    included = experiment.included_targets(earlier, results_of({'moderate': {'parameters': 2}}, [1, 2], 'b'))
+
+    assert included['targets'] == {'moderate': {'parameters': 2}, 'narrow': {'parameters': 1}}
+    assert [(stage['name'], stage['commit']) for stage in included['stages']] == [
+        ('prepare data', 'b'),
+        ('pruning (moderate, sheared, seed 1)', 'b'),
+        ('pruning (narrow, sheared, seed 1) [included run]', 'a'),
+    ]
+    assert included['stage_commands'] == [
+        'composer train.py out/moderate/seed_1/sheared', 'composer train.py out/narrow/seed_1/sheared',
+    ]
+    assert included['included'] == {'path': str(earlier), 'commit': 'a', 'command': 'run at a'}
+    with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} ran other seeds; include a run')):
+        experiment.included_targets(earlier, results_of({'moderate': {}}, [1, 3], 'b'))
+    lacks = f'--include: {earlier} has no target this run lacks (it has narrow)'
+    with pytest.raises(ValueError, match=re.escape(lacks)):
+        experiment.included_targets(earlier, results_of({'narrow': {}}, [1, 2], 'b'))
+
+
+def test_a_winner_leads_the_runner_up_by_more_than_both_spreads():
+    def models(**losses: list[float]) -> dict[str, list[dict[str, float]]]:
+        return {arm: [{'mean_loss': loss} for loss in values] for arm, values in losses.items()}
+
+    # sheared 5.1 ± 0.1 leads sheared + distillation 5.4 ± 0.1 by 0.3 > 0.2; oneshot arms further behind.
+    clear = models(sheared=[5.0, 5.2], sheared_distilled=[5.3, 5.5], oneshot=[5.5, 5.6], oneshot_distilled=[6.0, 6.0])
+    assert experiment.winner_sentence(clear, 'mean_loss') == (
+        'Best held-out loss: sheared + continued, 0.300 nats ahead of sheared + continued with distillation '
+        '(spreads 0.100 and 0.100): the winner.'
+    )
+    # 5.1 ± 0.1 against 5.2 ± 0.05: a lead of 0.1 inside 0.15.
+    close = clear | models(sheared_distilled=[5.15, 5.25])
+    assert experiment.winner_sentence(close, 'mean_loss').endswith(
+        "0.100 nats ahead of sheared + continued with distillation (spreads 0.100 and 0.050): no winner beyond the "
+        "seeds' spread."
+    )
+    one_seed = models(sheared=[5.0], oneshot=[5.5])
+    assert experiment.winner_sentence(one_seed, 'mean_loss').endswith('one seed, no spread to judge the lead by.')

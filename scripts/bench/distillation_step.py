@@ -3,8 +3,10 @@
 Step time: a student of the pruned shape and a teacher of the source's shape, one batch. Three calls run
 interleaved in one process, so machine noise hits them alike: the plain step (student forward with the LM loss,
 backward, AdamW step), the distillation step (teacher forward under ``torch.no_grad``, student forward,
-``distill_loss``, backward, AdamW step) and the teacher's forward alone. The prediction from the teacher's forward
-time alone is (plain + teacher forward) / plain; printed: both ratios and measured / predicted (goal <= 1.10),
+``distill_loss``, backward, AdamW step), the teacher's forward alone and ``kd_loss`` forward + backward alone on
+logits of the batch's shape. The prediction from the teacher's forward time alone is (plain + teacher forward) /
+plain; printed: both ratios and measured / predicted (goal <= 1.10), then where the rest goes: the distillation
+step's time beyond plain + teacher forward next to the KD loss alone, and measured / (plain + teacher + KD loss);
 medians of the per-repeat figures.
 
 Memory: on one long, large-vocabulary microbatch of logits (``--memory-seq-len`` x ``--memory-vocab``, the
@@ -92,7 +94,16 @@ def step_times(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    steps = {'plain': plain_step, 'distillation': distillation_step, 'teacher forward': teacher_forward}
+    student_logits = student(input_ids=input_ids).logits.detach().requires_grad_()
+    fixed_teacher_logits = teacher_forward()
+
+    def kd_alone() -> None:
+        kd_loss(student_logits, fixed_teacher_logits, input_ids).backward()
+        student_logits.grad = None
+
+    steps = {
+        'plain': plain_step, 'distillation': distillation_step, 'teacher forward': teacher_forward, 'kd_loss': kd_alone,
+    }
     for _ in range(2):
         for step in steps.values():
             step()
@@ -107,15 +118,32 @@ def step_times(args: argparse.Namespace, device: torch.device, dtype: torch.dtyp
         f'{args.student_hidden_size}, {args.student_layers} layers; vocabulary {args.vocab}; batch {args.batch_size} x '
         f'{args.seq_len} tokens; {device.type} {args.dtype}, {torch.get_num_threads()} threads',
     )
+    labels = {'plain': 'plain step', 'distillation': 'distillation step', 'kd_loss': 'kd_loss forward + backward'}
     for name, values in times.items():
-        print(
-            f'{name + " step" if name != "teacher forward" else name:<20} (median of {args.repeats}): '
-            f'{statistics.median(values) * 1e3:8.1f} ms'
-        )
+        print(f'{labels.get(name, name):<27} (median of {args.repeats}): {statistics.median(values) * 1e3:8.1f} ms')
     print(f'distillation step / plain step:                   {statistics.median(measured):.3f}')
     print(f'predicted from the teacher forward, (plain + teacher) / plain: {statistics.median(predicted):.3f}')
     ratio = statistics.median(m / p for m, p in zip(measured, predicted))
     print(f'measured / predicted: {ratio:.3f} (median of per-repeat ratios; goal <= 1.10)')
+    # Where the rest goes: the step's time beyond plain + teacher forward, next to the KD loss timed alone.
+    beyond = [
+        distill - plain - forward
+        for plain, distill, forward in zip(times['plain'], times['distillation'], times['teacher forward'])
+    ]
+    print(
+        f'distillation - plain - teacher forward: {statistics.median(beyond) * 1e3:.1f} ms; kd_loss forward + backward '
+        f'alone: {statistics.median(times["kd_loss"]) * 1e3:.1f} ms',
+    )
+    with_kd = [
+        distill / (plain + forward + kd)
+        for plain, distill, forward, kd in zip(
+            times['plain'], times['distillation'], times['teacher forward'], times['kd_loss']
+        )
+    ]
+    print(
+        'measured / predicted with the KD loss, distillation / (plain + teacher + kd_loss): '
+        f'{statistics.median(with_kd):.3f}'
+    )
 
 
 def loss_memory(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> None:

@@ -28,6 +28,8 @@ FIGURES = {
     'distillation_step': [
         rf'^distillation step / plain step: +{NUMBER}$',
         rf'^measured / predicted: {NUMBER} ',
+        rf'^distillation - plain - teacher forward: .* ms; kd_loss forward \+ backward alone: {NUMBER} ms$',
+        rf'^measured / predicted with the KD loss, .*: {NUMBER}$',
         rf'^kd_loss \(chunked\) peak / LM loss peak: {NUMBER}$',
     ],
     'dynamic_loader': [

@@ -30,12 +30,13 @@ on CPU, relative to S.
 The ``--quick`` setting runs every stage on samples of 128 tokens, batches of 2, 3 + 3 batches and 4 rows of 2
 tasks. Each training stage runs ``train.py`` in its own process; ``stages.jsonl`` in the output folder records the
 finished ones and ``setup.json`` its settings; ``--resume`` continues an interrupted run with the same settings.
-``--targets`` runs some of the targets; ``--include RESULTS`` reports an earlier run's other targets (same settings,
-seeds and tasks) beside this run's, so that the targets can run in separate sessions. How long the stages take:
+``--targets`` runs some of the targets and ``--seeds`` some of the seeds; ``--include RESULTS ...`` reports earlier
+runs' other targets and seeds (same settings and tasks) beside this run's, so that the parts can run on different
+days. How long the stages take:
 ``docs/results/real_model/README.md``. From the repository root:
 
     .venv/bin/python -m scripts.experiments.real_model [--quick] [--output DIR] [--seeds 1 2]
-        [--targets narrow moderate] [--shearing-init all_kept] [--scratch] [--include RESULTS_JSON]
+        [--targets narrow moderate] [--shearing-init all_kept] [--scratch] [--include RESULTS_JSON ...]
         [--threads 2] [--resume]
 """
 
@@ -463,7 +464,8 @@ def target_section(results: dict[str, Any], name: str) -> list[str]:
         + ', '.join(f'{header} {target["shape"][field]}' for field, header in report.SHAPE_HEADERS.items())
         + f' ({target["parameters"]:,} parameters, {target["parameters"] / source_parameters:.1%} of S)',
         '',
-        f'Why this shape: {target["reason"]}. Masks on: {", ".join(target["pruning_modules"])}.',
+        f'Why this shape: {target["reason"]}. Masks on: {", ".join(target["pruning_modules"])}. Seeds: '
+        f'{", ".join(map(str, target["seeds"]))}.',
         '',
         *(f'- {sentence}' for sentence in outcome_sentences(target['models'])),
         '',
@@ -584,27 +586,39 @@ def write_plots(report_dir: Path, results: dict[str, Any]) -> None:
         report.plot_domain_weights([weights], DOMAINS).savefig(report_dir / f'domain_weights_{name}.png', dpi=120)
 
 
-def included_targets(path: Path, results: dict[str, Any]) -> dict[str, Any]:
-    """The targets of an earlier run's ``results.json`` at ``path`` that ``results`` lacks, its stages marked as its
-    own and its commands added; raise ``ValueError`` if it ran other settings, seeds, tasks or starts."""
+SEED_INDEPENDENT_MODELS = ('source', 'oneshot_pruned')
+
+
+def include_run(path: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with an earlier run's (its ``results.json`` at ``path``) targets and seeds added: a target this run
+    lacks whole, a target both ran with the earlier seeds' models and curves added (the seed-independent models once);
+    the earlier stages marked as its own and its commands added. Raise ``ValueError`` if it ran other settings, tasks
+    or starts, a seed of a target this run also ran, or nothing this run lacks."""
     earlier = json.loads(path.read_text())
-    compared = ('settings', 'seeds', 'task_settings', 'shearing_init', 'precision', 'doremi_max_step', 'eval_dtype')
+    compared = ('settings', 'task_settings', 'shearing_init', 'precision', 'doremi_max_step', 'eval_dtype')
     differing = [key for key in compared if earlier.get(key) != results[key]]
     if differing:
         raise ValueError(f'--include: {path} ran other {", ".join(differing)}; include a run with these arguments')
-    added = {name: target for name, target in earlier['targets'].items() if name not in results['targets']}
-    if not added:
-        raise ValueError(f'--include: {path} has no target this run lacks (it has {", ".join(earlier["targets"])})')
-    results['targets'] |= added
-    results['stages'] += [
-        stage | {'name': f'{stage["name"]} [included run]'}
-        for stage in earlier['stages']
-        if any(f'({name}' in stage['name'] for name in added)
-    ]
-    results['stage_commands'] += [command for command in earlier['stage_commands'] if any(
-        f'/{name}/' in command for name in added
-    )]
-    results['included'] = {'path': str(path), 'commit': earlier['commit'], 'command': earlier['command']}
+    for name, target in earlier['targets'].items():
+        if name not in results['targets']:
+            results['targets'][name] = target
+            continue
+        merged = results['targets'][name]
+        repeated = sorted(set(target['seeds']) & set(merged['seeds']))
+        if repeated:
+            raise ValueError(f'--include: {path} also ran target {name} with seeds {repeated}')
+        merged['seeds'] += target['seeds']
+        for model, runs in target['models'].items():
+            if model not in SEED_INDEPENDENT_MODELS:
+                merged['models'].setdefault(model, []).extend(runs)
+        for label, curves in target['curves'].items():
+            merged['curves'].setdefault(label, []).extend(curves)
+    results['seeds'] = sorted({seed for target in results['targets'].values() for seed in target['seeds']})
+    results['stages'] += [stage | {'name': f'{stage["name"]} [included run]'} for stage in earlier['stages']]
+    results['stage_commands'] += earlier['stage_commands']
+    results.setdefault('included', []).append(
+        {'path': str(path), 'commit': earlier['commit'], 'command': earlier['command']}
+    )
     return results
 
 
@@ -620,7 +634,7 @@ def run_experiment(
     task_dir: Path = TASK_DIR,
     source: Path | None = None,
     resume: bool = False,
-    include: Path | None = None,
+    includes: Sequence[Path] = (),
 ) -> Path:
     """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
     kept); return the report folder."""
@@ -648,8 +662,9 @@ def run_experiment(
         check_empty(output_dir, 'choose another with --output, or continue it with --resume')
     if not task_dir.is_dir():
         raise FileNotFoundError(f'task folder {task_dir} does not exist')
-    if include is not None and not include.is_file():
-        raise FileNotFoundError(f'--include: {include} does not exist')
+    for include in includes:
+        if not include.is_file():
+            raise FileNotFoundError(f'--include: {include} does not exist')
     started = time.monotonic()
     commit, dirty = git_commit()
     source = source or smollm2_folder()
@@ -731,6 +746,7 @@ def run_experiment(
         check_target_shape(models, target_shape, [model for model in models if model != 'source'])
         target_results[name] = {
             'reason': target.reason,
+            'seeds': list(seeds),
             'pruning_modules': list(target.pruning_modules),
             'shape': target_shape.config_updates(),
             'parameters': models['oneshot_pruned'][0]['parameters'],
@@ -759,8 +775,8 @@ def run_experiment(
         'stages': ledger.stages,
         'stage_commands': stage_commands,
     }
-    if include is not None:
-        results = included_targets(include, results)
+    for include in includes:
+        results = include_run(include, results)
     report_dir = output_dir / 'report'
     report_dir.mkdir()
     write_plots(report_dir, results)
@@ -785,7 +801,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     parser.add_argument('--scratch', action='store_true', help='also train each target from scratch on the same tokens')
     parser.add_argument(
-        '--include', type=Path, help="an earlier run's results.json whose other targets the report adds to this run's",
+        '--include',
+        type=Path,
+        nargs='+',
+        default=[],
+        help="earlier runs' results.json whose other targets and seeds the report adds to this run's",
     )
     parser.add_argument(
         '--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages'
@@ -807,7 +827,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             data=args.data,
             task_dir=args.task_dir,
             resume=args.resume,
-            include=args.include,
+            includes=args.include,
         )
     )
 

@@ -193,39 +193,60 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
     )
 
 
-def results_of(targets: dict[str, Any], seeds: list[int], commit: str) -> dict[str, Any]:
-    """The fields of a results.json that ``included_targets`` reads, with one pruning stage per target."""
+def results_of(seeds_by_target: dict[str, list[int]], commit: str, precision: str = 'amp_bf16') -> dict[str, Any]:
+    """The fields of a results.json that ``include_run`` reads: per target its seeds, S and the one-shot pruned model
+    once, the sheared model and its curve per seed (loss 5 + seed); one pruning stage and command per target."""
+    targets = {
+        name: {
+            'seeds': list(seeds),
+            'models': {
+                'source': [{'mean_loss': 3.0}],
+                'oneshot_pruned': [{'mean_loss': 9.0}],
+                'sheared': [{'mean_loss': 5.0 + seed} for seed in seeds],
+            },
+            'curves': {'sheared': [[[0, 10], [9.0, 5.0 + seed]] for seed in seeds]},
+        }
+        for name, seeds in seeds_by_target.items()
+    }
     return {
-        'settings': experiment.FULL.recorded(), 'seeds': seeds, 'task_settings': {'limit': 100},
-        'shearing_init': 'all_kept', 'precision': 'amp_bf16', 'doremi_max_step': 0.2, 'eval_dtype': 'amp_bf16',
-        'commit': commit, 'command': f'run at {commit}', 'targets': targets,
-        'stages': [{'name': 'prepare data', 'commit': commit}]
-        + [{'name': f'pruning ({name}, sheared, seed 1)', 'commit': commit} for name in targets],
-        'stage_commands': [f'composer train.py out/{name}/seed_1/sheared' for name in targets],
+        'settings': experiment.FULL.recorded(), 'task_settings': {'limit': 100}, 'shearing_init': 'all_kept',
+        'precision': precision, 'doremi_max_step': 0.2, 'eval_dtype': 'amp_bf16', 'commit': commit,
+        'command': f'run at {commit}', 'seeds': sorted({seed for seeds in seeds_by_target.values() for seed in seeds}),
+        'targets': targets,
+        'stages': [{'name': f'pruning ({name}, sheared)', 'commit': commit} for name in targets],
+        'stage_commands': [f'composer train.py {commit}/{name}' for name in targets],
     }
 
 
-def test_include_adds_an_earlier_runs_other_targets_and_refuses_other_settings(tmp_path):
+def test_include_adds_an_earlier_runs_targets_and_seeds_and_refuses_other_settings(tmp_path):
     earlier = tmp_path / 'results.json'
-    earlier.write_text(json.dumps(results_of({'narrow': {'parameters': 1}}, [1, 2], 'a')))
+    earlier.write_text(json.dumps(results_of({'narrow': [1, 2], 'moderate': [2]}, 'a')))
 
-    included = experiment.included_targets(earlier, results_of({'moderate': {'parameters': 2}}, [1, 2], 'b'))
+    included = experiment.include_run(earlier, results_of({'moderate': [1]}, 'b'))
 
-    assert included['targets'] == {'moderate': {'parameters': 2}, 'narrow': {'parameters': 1}}
+    assert list(included['targets']) == ['moderate', 'narrow'] and included['seeds'] == [1, 2]
+    moderate = included['targets']['moderate']
+    assert moderate['seeds'] == [1, 2]
+    assert moderate['models'] == {
+        'source': [{'mean_loss': 3.0}],
+        'oneshot_pruned': [{'mean_loss': 9.0}],
+        'sheared': [{'mean_loss': 6.0}, {'mean_loss': 7.0}],
+    }
+    assert moderate['curves'] == {'sheared': [[[0, 10], [9.0, 6.0]], [[0, 10], [9.0, 7.0]]]}
+    assert included['targets']['narrow'] == results_of({'narrow': [1, 2]}, 'a')['targets']['narrow']
     assert [(stage['name'], stage['commit']) for stage in included['stages']] == [
-        ('prepare data', 'b'),
-        ('pruning (moderate, sheared, seed 1)', 'b'),
-        ('pruning (narrow, sheared, seed 1) [included run]', 'a'),
+        ('pruning (moderate, sheared)', 'b'),
+        ('pruning (narrow, sheared) [included run]', 'a'),
+        ('pruning (moderate, sheared) [included run]', 'a'),
     ]
     assert included['stage_commands'] == [
-        'composer train.py out/moderate/seed_1/sheared', 'composer train.py out/narrow/seed_1/sheared',
+        'composer train.py b/moderate', 'composer train.py a/narrow', 'composer train.py a/moderate',
     ]
-    assert included['included'] == {'path': str(earlier), 'commit': 'a', 'command': 'run at a'}
-    with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} ran other seeds; include a run')):
-        experiment.included_targets(earlier, results_of({'moderate': {}}, [1, 3], 'b'))
-    lacks = f'--include: {earlier} has no target this run lacks (it has narrow)'
-    with pytest.raises(ValueError, match=re.escape(lacks)):
-        experiment.included_targets(earlier, results_of({'narrow': {}}, [1, 2], 'b'))
+    assert included['included'] == [{'path': str(earlier), 'commit': 'a', 'command': 'run at a'}]
+    with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} ran other precision; include a run')):
+        experiment.include_run(earlier, results_of({'moderate': [1]}, 'b', precision='fp32'))
+    with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} also ran target moderate with seeds [2]')):
+        experiment.include_run(earlier, results_of({'moderate': [2, 3]}, 'b'))
 
 
 def test_a_winner_leads_the_runner_up_by_more_than_both_spreads():

@@ -50,3 +50,11 @@ def check_positive(**values: int | None) -> None:
     for name, value in values.items():
         if value is not None and value <= 0:
             raise ParameterError(name, f'must be positive, got {value}')
+
+
+def check_new_file(path: Path, suffix: str, parameter: str = 'out') -> None:
+    """Refuse an output file ``path`` that exists (it is never overwritten) or does not end with ``suffix``."""
+    if path.suffix != suffix:
+        raise ParameterError(parameter, f'must name a {suffix} file, got {path}')
+    if path.exists():
+        raise FileExistsError(f'{path} exists; give a new file (it is never overwritten)')

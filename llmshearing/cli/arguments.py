@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from llmshearing.choices import TARGET_FIELDS
+from llmshearing.choices import DEFAULT_EVAL_DEVICE, DEFAULT_EVAL_DTYPE, EVAL_DTYPES, TARGET_FIELDS
 
 
 def comma_separated(value: str) -> list[str]:
@@ -26,6 +26,14 @@ def target_shape(value: str) -> dict[str, int]:
         except ValueError:
             raise argparse.ArgumentTypeError(f'target {name} must be an integer, got {number!r}') from None
     return target
+
+
+def add_device_and_dtype(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--dtype`` of a command that runs Hugging Face models."""
+    parser.add_argument('--device', default=DEFAULT_EVAL_DEVICE, help=f'cpu or cuda (default: {DEFAULT_EVAL_DEVICE})')
+    parser.add_argument('--dtype', choices=EVAL_DTYPES, default=DEFAULT_EVAL_DTYPE,
+                        help='float32 or bfloat16 weights, or amp_bf16: float32 weights, a bfloat16-autocast forward '
+                        f'(default: {DEFAULT_EVAL_DTYPE})')
 
 
 def set_run(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], object]) -> None:

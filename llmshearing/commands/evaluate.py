@@ -27,6 +27,8 @@ def evaluate(
     batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     device: str = DEFAULT_EVAL_DEVICE,
     dtype: str = DEFAULT_EVAL_DTYPE,
+    max_new_tokens: int | None = None,
+    chat_template: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Path]:
     """Evaluate ``models`` (``evaluate_models``) and write the results beside ``out`` (``FILE.json``); return the
@@ -39,7 +41,7 @@ def evaluate(
         raise OutputExistsError(f'{", ".join(existing)} exist(s)', 'them')
     result, records = evaluate_models(
         models, tasks, task_dir, limit=limit, seed=seed, num_fewshot=num_fewshot, batch_size=batch_size,
-        device=device, dtype=dtype,
+        device=device, dtype=dtype, max_new_tokens=max_new_tokens, chat_template=chat_template,
     )
     written = write_outputs(result, records, out)
     if len(result['models']) >= 2:

@@ -1,7 +1,9 @@
 """Downstream accuracy of Hugging Face models with lm-evaluation-harness, offline (``llmshearing evaluate``).
 
 Each model is evaluated on the same rows of each task (a seeded subset with ``limit``); the result is a JSON
-file, a markdown table beside it and every row's scores as jsonl (``write_outputs``).
+file, a markdown table beside it and every row's scores as jsonl (``write_outputs``). The log-likelihood tasks
+(multiple choice, schema, language modelling) score given continuations of the raw text; IFEval
+(``llmshearing.evaluation.ifeval``) generates greedily, through the model's chat template where it has one.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from llmshearing.choices import (
     DEFAULT_EVAL_SEED,
     EVAL_DTYPES,
 )
-from llmshearing.evaluation.tasks import CHANCE_KEYS, Task, load_tasks, task_names
+from llmshearing.evaluation import ifeval
+from llmshearing.evaluation.tasks import CHANCE_KEYS, IFEVAL, Task, load_tasks, task_names
 from llmshearing.tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -78,7 +81,10 @@ def _task_result(task: Task, num_fewshot: int, metrics: dict[str, Any]) -> dict[
 
 
 def _row_records(model: str, task: Task, samples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One record per evaluated row: the log-likelihood of each choice (or of the continuation) and the outcome."""
+    """One record per evaluated row: the log-likelihood of each choice (or of the continuation) and the outcome;
+    IFEval's: ``ifeval.row_records``."""
+    if task.generates:
+        return ifeval.row_records(model, task, samples)
     records = []
     for sample in sorted(samples, key=lambda sample: sample['doc_id']):
         loglikelihoods = [float(response[0]) for response in sample['filtered_resps']]
@@ -104,6 +110,8 @@ def evaluate_models(
     batch_size: int = DEFAULT_EVAL_BATCH_SIZE,
     device: str = DEFAULT_EVAL_DEVICE,
     dtype: str = DEFAULT_EVAL_DTYPE,
+    max_new_tokens: int | None = None,
+    chat_template: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate each model on the tasks; returns the result (the JSON ``write_outputs`` writes) and one record per
     row and model.
@@ -111,35 +119,49 @@ def evaluate_models(
     Args:
         models: Hugging Face causal LM folders.
         tasks: ``paper`` or a comma-separated list of task names (``task_dir/NAME.jsonl``).
-        task_dir: the folder of task files in llm-foundry's ICL format.
+        task_dir: the folder of task files in llm-foundry's ICL format (and of IFEval's ``ifeval.jsonl``).
         limit: evaluate this many rows per task, drawn with ``seed``, the same rows for every model.
         seed: the subset's seed, also the seed of the few-shot examples' choice.
-        num_fewshot: shots for every task (default: each known task's own, 0 for others).
+        num_fewshot: shots for every log-likelihood task (default: each known task's own, 0 for others); IFEval is
+            zero-shot.
         batch_size: requests per forward pass.
         device: ``cpu`` or ``cuda``.
         dtype: ``float32`` or ``bfloat16`` weights, or ``amp_bf16``: float32 weights and the forward under bfloat16
             autocast (as ``precision: amp_bf16`` trains; AMX or AVX-512 BF16 on a CPU that has them).
+        max_new_tokens: cap on the tokens of an IFEval response (default: the task's own, 1280).
+        chat_template: give IFEval's prompts to a model through its tokenizer's chat template where it has one
+            (lm-eval's ``apply_chat_template``); the log-likelihood tasks always score the raw text.
     """
     folders = _check_models(models)
     if limit is not None and limit <= 0:
         raise ParameterError('limit', f'must be a positive number of rows, got {limit}')
     if num_fewshot is not None and num_fewshot < 0:
         raise ParameterError('num_fewshot', f'must be 0 or more, got {num_fewshot}')
-    check_positive(batch_size=batch_size)
+    check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
     if dtype not in EVAL_DTYPES:
         raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
     _check_device(device)
     task_dir = Path(task_dir)
     checked = load_tasks(task_names(tasks, task_dir), task_dir, limit, seed)
-
+    # Before lm-eval first imports datasets (checking IFEval's instructions does), which reads it once.
     os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
+    for task in checked:
+        if task.generates:
+            ifeval.check_instructions(task)
+
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    shots = {task.name: task.settings.num_fewshot if num_fewshot is None else num_fewshot for task in checked}
-    configs = [task.harness_config(shots[task.name]) for task in checked]
-    rows = {task.harness_name: list(task.rows) for task in checked}
+    shots = {
+        task.name: task.settings.num_fewshot if num_fewshot is None or task.generates else num_fewshot
+        for task in checked
+    }
+    configs = {task.name: task.harness_config(shots[task.name], max_new_tokens) for task in checked}
+    response_tokens = {
+        task.name: configs[task.name]['generation_kwargs']['max_gen_toks'] for task in checked if task.generates
+    }
     result: dict[str, Any] = {
         'models': {},
         'settings': {
@@ -159,12 +181,15 @@ def evaluate_models(
                     'metric': task.settings.metric, 'num_fewshot': shots[task.name],
                     'rows_in_file': task.num_rows, 'rows': list(task.rows) if limit is not None else 'all',
                     'chance': None if task.num_choices is None else 1 / task.num_choices,
-                }
+                } | (_generation_settings(response_tokens[task.name], chat_template) if task.generates else {})
                 for task in checked
             },
         },
     }
     weights_dtype = torch.float32 if dtype == 'amp_bf16' else getattr(torch, dtype)
+    # Every task is an inline config: a task manager without lm-eval's own ~200 task folders, which it would
+    # otherwise index on every harness call (seconds each).
+    task_manager = TaskManager(include_defaults=False)
     records = []
     for folder in folders:
         started = time.perf_counter()
@@ -175,24 +200,39 @@ def evaluate_models(
             pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
             mixed_precision_dtype=torch.bfloat16 if dtype == 'amp_bf16' else None,
         )
-        output = simple_evaluate(
-            model=harness_model,
-            tasks=configs,
-            samples=rows,
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
-        task_results = {
-            task.name: _task_result(task, shots[task.name], output['results'][task.harness_name]) for task in checked
-        }
-        scores = [task_result['score'] for task_result in task_results.values()]
+        templated = chat_template and tokenizer.chat_template is not None
+        output: dict[str, dict[str, Any]] = {'results': {}, 'samples': {}}
+        # The chat template applies to a whole harness call: one call scores the raw text, one generates.
+        for generates in (False, True):
+            group = [task for task in checked if task.generates == generates]
+            if not group:
+                continue
+            part = simple_evaluate(
+                model=harness_model,
+                tasks=[configs[task.name] for task in group],
+                samples={task.harness_name: list(task.rows) for task in group},
+                log_samples=True,
+                task_manager=task_manager,
+                apply_chat_template=generates and templated,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+            )
+            for key in output:
+                output[key] |= part[key]
+        task_results = {}
+        for task in checked:
+            metrics = output['results'][task.harness_name]
+            task_results[task.name] = (
+                ifeval.task_result(task, metrics, response_tokens[task.name], templated) if task.generates
+                else _task_result(task, shots[task.name], metrics)
+            )
+        scores = [task_results[task.name]['score'] for task in checked if not task.generates]
         result['models'][str(folder)] = {
             'parameters': sum(parameter.numel() for parameter in model.parameters()),
             'tasks': task_results,
-            'average': sum(scores) / len(scores),
+            'average': sum(scores) / len(scores) if scores else None,
             'seconds': time.perf_counter() - started,
         }
         for task in checked:
@@ -201,17 +241,26 @@ def evaluate_models(
     return result, records
 
 
+def _generation_settings(max_new_tokens: int, chat_template: bool) -> dict[str, Any]:
+    return {
+        'metrics': list(ifeval.IFEVAL_METRICS),
+        'decoding': 'greedy',
+        'max_new_tokens': max_new_tokens,
+        'chat_template': "the model tokenizer's, where it has one" if chat_template else 'none',
+    }
+
+
 def _harness_version() -> str:
     from importlib.metadata import version
 
     return version('lm_eval')
 
 
-def _format_score(task_result: dict[str, Any]) -> str:
-    score = f'{100 * task_result["score"]:.1f}'
-    if task_result['stderr'] is not None and math.isfinite(task_result['stderr']):
-        score += f' ± {100 * task_result["stderr"]:.1f}'
-    return score
+def _format_score(score: float, stderr: float | None) -> str:
+    text = f'{100 * score:.1f}'
+    if stderr is not None and math.isfinite(stderr):
+        text += f' ± {100 * stderr:.1f}'
+    return text
 
 
 def model_labels(models: Sequence[str]) -> dict[str, str]:
@@ -220,30 +269,43 @@ def model_labels(models: Sequence[str]) -> dict[str, str]:
     return {model: name if names.count(name) == 1 else model for model, name in zip(models, names)}
 
 
+def _table_columns(settings: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(header, task, metric) of each score column: a log-likelihood task's reported metric, IFEval's four."""
+    columns = []
+    for name, task in settings.items():
+        if task['kind'] == IFEVAL:
+            columns += [(f'{task["title"]} ({metric})', name, metric) for metric in task['metrics']]
+        else:
+            columns.append((f'{task["title"]} ({task["metric"]}, {task["num_fewshot"]}-shot)', name, 'score'))
+    return columns
+
+
 def results_table(result: dict[str, Any]) -> list[str]:
-    """Markdown lines: models as rows, tasks as columns (score ± stderr, in %), the average and the parameters."""
-    settings = result['settings']['tasks']
-    headers = ['model', 'parameters']
-    headers += [f'{task["title"]} ({task["metric"]}, {task["num_fewshot"]}-shot)' for task in settings.values()]
-    headers.append('average')
+    """Markdown lines: models as rows, tasks as columns (score ± stderr, in %; IFEval's four metrics), the average
+    of the log-likelihood tasks and the parameters."""
+    columns = _table_columns(result['settings']['tasks'])
+    headers = ['model', 'parameters', *(header for header, _, _ in columns), 'average']
     labels = model_labels(list(result['models']))
     rows = []
     for model, model_result in result['models'].items():
         cells = [labels[model], f'{model_result["parameters"] / 1e6:.1f}M']
-        cells += [_format_score(model_result['tasks'][name]) for name in settings]
-        cells.append(f'{100 * model_result["average"]:.1f}')
+        for _, name, metric in columns:
+            task = model_result['tasks'][name]
+            cells.append(_format_score(task[metric], task['stderr' if metric == 'score' else f'{metric}_stderr']))
+        average = model_result['average']
+        cells.append('—' if average is None else f'{100 * average:.1f}')
         rows.append(cells)
     return markdown_table(headers, rows)
 
 
 def task_scores(result: dict[str, Any]) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-    """What the bar chart shows: per model label, the score of each task (by title) and the average; and each
-    multiple-choice task's chance accuracy."""
+    """What the bar chart shows: per model label, the score of each task (by title; IFEval's prompt-level strict
+    accuracy) and the average of the log-likelihood tasks; and each multiple-choice task's chance accuracy."""
     settings = result['settings']
     labels = model_labels(list(result['models']))
     scores = {
         labels[model]: {settings['tasks'][name]['title']: task['score'] for name, task in model_result['tasks'].items()}
-        | {'average': model_result['average']}
+        | ({} if model_result['average'] is None else {'average': model_result['average']})
         for model, model_result in result['models'].items()
     }
     chance = {task['title']: task['chance'] for task in settings['tasks'].values() if task['chance'] is not None}
@@ -258,9 +320,14 @@ def write_outputs(result: dict[str, Any], records: Sequence[dict[str, Any]], out
     settings = result['settings']
     subset = 'all rows' if settings['limit'] is None else f'{settings["limit"]} rows per task, seed {settings["seed"]}'
     table = results_table(result)
-    paths['markdown'].write_text(
-        '\n'.join([f'Accuracy in % (± standard error) on {subset}; {settings["harness"]}.', '', *table]) + '\n',
-    )
+    caption = f'Accuracy in % (± standard error) on {subset}; {settings["harness"]}.'
+    generation = [task for task in settings['tasks'].values() if task['kind'] == IFEVAL]
+    if generation:
+        caption += (
+            f' {", ".join(task["title"] for task in generation)}: greedy responses of at most '
+            f'{generation[0]["max_new_tokens"]} tokens, not in the average.'
+        )
+    paths['markdown'].write_text('\n'.join([caption, '', *table]) + '\n')
     with paths['samples'].open('w') as samples_file:
         for record in records:
             samples_file.write(json.dumps(record) + '\n')

@@ -1,10 +1,12 @@
 """Downstream tasks in llm-foundry's ICL jsonl format: the paper's settings, row checks, the seeded subset, and
 the lm-evaluation-harness task config of each.
 
-A task ``X`` is the file ``TASK_DIR/X.jsonl``. Three row formats exist: multiple choice
+A task ``X`` is the file ``TASK_DIR/X.jsonl``. Four row formats exist: multiple choice
 ``{"query", "choices", "gold"}``, schema ``{"context_options", "continuation", "gold"}`` (WinoGrande: the options
-differ in the context, the continuation is scored) and language modelling ``{"context", "continuation"}``
-(LAMBADA: correct when the continuation is the greedy one).
+differ in the context, the continuation is scored), language modelling ``{"context", "continuation"}``
+(LAMBADA: correct when the continuation is the greedy one) and IFEval ``{"key", "prompt", "instruction_id_list",
+"kwargs"}`` (instruction following: a generated response checked by lm-evaluation-harness's ``ifeval`` task, see
+``llmshearing.evaluation.ifeval``).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from llmshearing.checks import ParameterError
 MULTIPLE_CHOICE = 'multiple_choice'
 SCHEMA = 'schema'
 LANGUAGE_MODELING = 'language_modeling'
+IFEVAL = 'ifeval'
 ROW_KEYS = {
     MULTIPLE_CHOICE: ('query', 'choices', 'gold'),
     SCHEMA: ('context_options', 'continuation', 'gold'),
     LANGUAGE_MODELING: ('context', 'continuation'),
+    IFEVAL: ('key', 'prompt', 'instruction_id_list', 'kwargs'),
 }
 CHANCE_KEYS = {MULTIPLE_CHOICE: 'choices', SCHEMA: 'context_options'}
 HARNESS_PREFIX = 'llmshearing_'
@@ -36,7 +40,7 @@ class TaskSettings:
 
     title: str
     num_fewshot: int
-    metric: str  # 'acc' or 'acc_norm'
+    metric: str  # 'acc' or 'acc_norm'; IFEval: 'prompt_level_strict_acc'
     answer_prompt: str = ''  # appended to a multiple-choice query, e.g. '\nAnswer:'
 
 
@@ -52,6 +56,9 @@ PAPER_TASKS = {
     'boolq': TaskSettings('BoolQ', 32, 'acc', '\nAnswer:'),
     'lambada_openai': TaskSettings('LAMBADA', 0, 'acc'),
 }
+IFEVAL_TASK = 'ifeval'
+"""The file name of IFEval's prompts (``TASK_DIR/ifeval.jsonl``, the rows of the Hugging Face dataset
+``google/IFEval``)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,19 +71,35 @@ class Task:
     settings: TaskSettings
     num_rows: int
     rows: tuple[int, ...]  # indices into the file, ascending
-    num_choices: int | None  # the fewest choices of a row (chance = 1 / choices); None for language modelling
+    num_choices: int | None  # the fewest choices of a row (chance = 1 / choices); None for the others
 
     @property
     def harness_name(self) -> str:
         return HARNESS_PREFIX + self.name
 
-    def harness_config(self, num_fewshot: int) -> dict[str, Any]:
-        """The lm-evaluation-harness task config: the local jsonl as its only (test) split."""
-        config: dict[str, Any] = {
+    @property
+    def generates(self) -> bool:
+        """Whether the model generates text (IFEval) rather than scoring given continuations."""
+        return self.kind == IFEVAL
+
+    def local_dataset(self) -> dict[str, Any]:
+        """The task config keys that make the local jsonl the harness task's only (test) split."""
+        return {
             'task': self.harness_name,
             'dataset_path': 'json',
+            'dataset_name': None,
             'dataset_kwargs': {'data_files': {'test': str(self.path.resolve())}},
             'test_split': 'test',
+        }
+
+    def harness_config(self, num_fewshot: int, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The lm-evaluation-harness task config over the local jsonl. ``max_new_tokens`` caps a generation task's
+        responses (default: the task's own); IFEval is zero-shot whatever ``num_fewshot`` says."""
+        if self.generates:
+            from llmshearing.evaluation.ifeval import harness_config
+
+            return harness_config(self, max_new_tokens)
+        config: dict[str, Any] = self.local_dataset() | {
             'fewshot_split': 'test',  # the sampler leaves the evaluated row out of its own context
             'num_fewshot': num_fewshot,
             'metric_list': [{'metric': 'acc', 'aggregation': 'mean', 'higher_is_better': True}],
@@ -118,6 +141,9 @@ def _check_row(row: Any, kind: str, where: str) -> int | None:
     """The row's number of choices; raises ``ValueError`` naming ``where`` if the row is malformed."""
     if not isinstance(row, dict) or _row_kind(row) != kind:
         raise ValueError(f'{where}: expected a {kind} row with keys {list(ROW_KEYS[kind])}')
+    if kind == IFEVAL:
+        _check_ifeval_row(row, where)
+        return None
     if kind == LANGUAGE_MODELING:
         if not (
             isinstance(row['context'], str) and isinstance(row['continuation'], str) and row['continuation'].strip()
@@ -131,6 +157,16 @@ def _check_row(row: Any, kind: str, where: str) -> int | None:
     if not isinstance(gold, int) or isinstance(gold, bool) or not 0 <= gold < len(options):
         raise ValueError(f'{where}: gold must be an index into its {len(options)} {CHANCE_KEYS[kind]}, got {gold!r}')
     return len(options)
+
+
+def _check_ifeval_row(row: dict[str, Any], where: str) -> None:
+    if not (isinstance(row['prompt'], str) and row['prompt'].strip()):
+        raise ValueError(f'{where}: prompt must be a non-empty string')
+    ids, kwargs = row['instruction_id_list'], row['kwargs']
+    if not (isinstance(ids, list) and ids and all(isinstance(instruction, str) for instruction in ids)):
+        raise ValueError(f'{where}: instruction_id_list must be a non-empty list of instruction names')
+    if not (isinstance(kwargs, list) and len(kwargs) == len(ids) and all(isinstance(item, dict) for item in kwargs)):
+        raise ValueError(f'{where}: kwargs must be a list of {len(ids)} objects, one per instruction')
 
 
 def read_task_file(path: Path) -> tuple[str, int, int | None]:
@@ -193,8 +229,13 @@ def load_tasks(names: Sequence[str], task_dir: Path, limit: int | None, seed: in
         path = task_dir / f'{name}.jsonl'
         if not path.is_file():
             known = ' (a task of the paper)' if name in PAPER_TASKS else ''
+            if name == IFEVAL_TASK:
+                known = " (IFEval's prompts: the rows of google/IFEval as jsonl)"
             raise FileNotFoundError(f'task {name!r}{known}: no file {path}')
         kind, num_rows, num_choices = read_task_file(path)
-        settings = PAPER_TASKS.get(name, TaskSettings(name, 0, 'acc'))
+        if kind == IFEVAL:
+            settings = TaskSettings('IFEval' if name == IFEVAL_TASK else name, 0, 'prompt_level_strict_acc')
+        else:
+            settings = PAPER_TASKS.get(name, TaskSettings(name, 0, 'acc'))
         tasks.append(Task(name, path, kind, settings, num_rows, subset_rows(num_rows, limit, seed), num_choices))
     return tasks

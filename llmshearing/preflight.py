@@ -4,6 +4,7 @@ with a message naming its key instead of after the model has loaded or mid-run."
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,13 +93,48 @@ def _check_algorithm_settings(train_config: TrainConfig) -> None:
         algorithm(**settings)
 
 
+FINETUNING_LOADER = 'finetuning'
+"""llm-foundry's loader of prompt/response and chat examples, which the instruction-tuning recipes train on."""
+
+
+def _check_instruction_tuning(train_config: TrainConfig) -> None:
+    """Refuse pruning and dynamic batch loading in a run on instruction data."""
+    if train_config.train_loader.get('name') != FINETUNING_LOADER:
+        return
+    if 'shearing' in (train_config.algorithms or {}):
+        raise ValueError(
+            f'algorithms.shearing: pruning does not run on instruction data (train_loader.name: {FINETUNING_LOADER}): '
+            'prune and continue pre-training on the pre-training domains, export, then instruction-tune the pruned '
+            'model; remove algorithms.shearing',
+        )
+    if 'dynamic_loading' in (train_config.callbacks or {}):
+        raise ValueError(
+            'callbacks.dynamic_loading: dynamic batch loading re-weights the pre-training domains of a dynamic_text '
+            f'loader, and instruction data (train_loader.name: {FINETUNING_LOADER}) has no domains; remove the '
+            'callback',
+        )
+
+
+def _local_files(data_files: Any) -> list[str]:
+    """The local paths among ``hf_kwargs.data_files`` (a path, a list of paths, or a dict of split to either)."""
+    if isinstance(data_files, str):
+        return [] if '://' in data_files else [data_files]
+    values = data_files.values() if isinstance(data_files, Mapping) else data_files or []
+    return [path for value in values for path in _local_files(value)]
+
+
 def _check_data(train_config: TrainConfig) -> None:
     loaders = {'train_loader': train_config.train_loader}
     if train_config.eval_loader is not None:
         loaders['eval_loader'] = train_config.eval_loader
     for key, loader in loaders.items():
         dataset = loader.get('dataset', {})
-        if dataset.get('remote') is None:
+        if dataset.get('hf_name') is not None:  # a finetuning loader on a Hugging Face dataset or local files
+            _require_path(f'{key}.dataset.hf_name', dataset['hf_name'])
+            for path in _local_files((dataset.get('hf_kwargs') or {}).get('data_files')):
+                if not Path(path).expanduser().exists():
+                    raise FileNotFoundError(f'{key}.dataset.hf_kwargs.data_files: {path} does not exist')
+        elif dataset.get('remote') is None:
             _require_path(f'{key}.dataset.local', dataset.get('local') or './missing-dataset-local')
 
 
@@ -119,9 +155,11 @@ def _check_checkpoints(train_config: TrainConfig) -> None:
 
 
 def check_train_config(config: DictConfig) -> TrainConfig:
-    """Validate keys (llm-foundry's own check), the settings of this package's algorithms, paths, the model/tokenizer
-    pair, the pruning target and the distillation teacher."""
+    """Validate keys (llm-foundry's own check), that an instruction-tuning run neither prunes nor re-weights domains,
+    the settings of this package's algorithms, paths, the model/tokenizer pair, the pruning target and the
+    distillation teacher."""
     _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
+    _check_instruction_tuning(train_config)
     _check_algorithm_settings(train_config)
     _check_model_and_tokenizer(train_config)
     _check_data(train_config)

@@ -98,3 +98,52 @@ def test_a_used_save_folder_without_autoresume(assets, tmp_path):
 def test_missing_yaml(tmp_path):
     with pytest.raises(FileNotFoundError, match=f'config {tmp_path / "none.yaml"} does not exist'):
         load_train_config(tmp_path / 'none.yaml', [])
+
+
+TINY_INSTRUCTION_TUNING = REPO / 'yamls' / 'tiny' / 'instruction_tuning.yaml'
+PRUNING_IN_INSTRUCTION_TUNING = (
+    'algorithms.shearing: pruning does not run on instruction data (train_loader.name: finetuning): prune and '
+    'continue pre-training on the pre-training domains, export, then instruction-tune the pruned model; remove '
+    'algorithms.shearing'
+)
+DYNAMIC_LOADING_IN_INSTRUCTION_TUNING = (
+    'callbacks.dynamic_loading: dynamic batch loading re-weights the pre-training domains of a dynamic_text loader, '
+    'and instruction data (train_loader.name: finetuning) has no domains; remove the callback'
+)
+
+
+def _instruction_config(assets: Path, tmp_path: Path, *overrides: str):
+    for split in ('train', 'eval'):
+        (tmp_path / f'{split}.jsonl').write_text('{"messages": []}\n')
+    base = [f'variables.model_path={assets / "source"}', f'variables.data_local={tmp_path}',
+            f'variables.output_dir={tmp_path / "run"}']
+    return load_train_config(TINY_INSTRUCTION_TUNING, base + list(overrides))
+
+
+def test_the_tiny_instruction_tuning_recipe_passes(assets, tmp_path):
+    assert check_train_config(_instruction_config(assets, tmp_path)).train_loader['name'] == 'finetuning'
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'error', 'message'),
+    [
+        (['algorithms.shearing.target.hidden_size=48'], ValueError, PRUNING_IN_INSTRUCTION_TUNING),
+        (['callbacks.dynamic_loading.domains=[a]'], ValueError, DYNAMIC_LOADING_IN_INSTRUCTION_TUNING),
+        (
+            ['train_loader.dataset.hf_kwargs.data_files.train=/nowhere/train.jsonl'],
+            FileNotFoundError,
+            'train_loader.dataset.hf_kwargs.data_files: /nowhere/train.jsonl does not exist',
+        ),
+        (
+            ['eval_loader.dataset.hf_kwargs.data_files={eval: [/nowhere/a.jsonl]}'],
+            FileNotFoundError,
+            'eval_loader.dataset.hf_kwargs.data_files: /nowhere/a.jsonl does not exist',
+        ),
+    ],
+)
+def test_instruction_tuning_refuses_pruning_and_dynamic_loading_and_missing_files(
+    assets, tmp_path, overrides, error, message
+):
+    with pytest.raises(error) as raised:
+        check_train_config(_instruction_config(assets, tmp_path, *overrides))
+    assert str(raised.value) == message

@@ -1,8 +1,10 @@
 """Every shipped YAML parses, llm-foundry accepts its keys, and its model, algorithms (a distillation teacher
-too), loaders and callbacks build (7B-sized sources and teachers on the meta device)."""
+too), loaders and callbacks build (7B-sized sources and teachers on the meta device); the instruction-tuning
+recipes' finetuning loaders read chat examples in the layout of ``prepare-instructions``."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +35,11 @@ from tests.streaming_memory import close_streaming_shared_memory
 YAMLS = sorted(path for path in (REPO / 'yamls').glob('*/*.yaml') if path.parent.name != 'launch')
 DOMAINS = ['cc', 'github', 'book', 'stackexchange', 'wiki', 'arxiv', 'c4-rp']
 SEQ_LEN = 32
+INSTRUCTION_SEQ_LEN = 256  # the byte-level tokenizer spends ~100 tokens on the recipes' chat template
+CONVERSATION = [
+    {'role': 'user', 'content': 'Name a colour.'}, {'role': 'assistant', 'content': 'Blue.'},
+    {'role': 'user', 'content': 'Another?'}, {'role': 'assistant', 'content': 'Red.'},
+]
 
 SOURCES = {
     'llama2_7b': dict(
@@ -133,7 +140,14 @@ def workspace(tmp_path_factory) -> Path:
             ) as writer:
                 for _ in range(count):
                     writer.write({'tokens': rng.integers(3, 259, SEQ_LEN, dtype=np.uint16), 'domain': domain})
+        examples = [{'messages': CONVERSATION[: 2 + 2 * (index % 2)]} for index in range(count)]
+        (root / 'data' / 'instructions').mkdir(exist_ok=True)
+        (root / 'data' / 'instructions' / f'{split}.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in examples))
     return root
+
+
+def _is_instruction_tuning(yaml_path: Path) -> bool:
+    return om.load(yaml_path).train_loader.name == 'finetuning'
 
 
 @pytest.mark.parametrize('yaml_path', YAMLS, ids=[f'{p.parent.name}/{p.stem}' for p in YAMLS])
@@ -141,9 +155,12 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     source = _source_key(yaml_path)
     model_path = workspace / 'models' / (source or 'toy')
+    instruction_tuning = _is_instruction_tuning(yaml_path)
+    seq_len = INSTRUCTION_SEQ_LEN if instruction_tuning else SEQ_LEN
+    data_local = workspace / 'data' / ('instructions' if instruction_tuning else '')
     overrides = [
-        f'variables.model_path={model_path}', f'variables.data_local={workspace / "data"}',
-        f'save_folder={workspace / "runs" / yaml_path.stem}', f'max_seq_len={SEQ_LEN}',
+        f'variables.model_path={model_path}', f'variables.data_local={data_local}',
+        f'save_folder={workspace / "runs" / yaml_path.stem}', f'max_seq_len={seq_len}',
     ]
     variables = om.load(yaml_path).get('variables', {})
     if 'output_dir' in variables:
@@ -151,7 +168,7 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
     if 'teacher_path' in variables:
         # The distillation recipes' teacher: the pruning source (the toy source for the tiny ones).
         overrides.append(f'variables.teacher_path={workspace / "models" / ("llama2_7b" if source else "toy")}')
-    if source is None:
+    if source is None and 'domains' in variables:
         overrides.append(f'variables.domains=[{",".join(DOMAINS[:len(variables.domains)])}]')
     train_config = check_train_config(load_train_config(yaml_path, overrides))
 
@@ -189,7 +206,7 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
         device_batch_size,
     )
     batch = next(iter(train_loader.dataloader))
-    assert batch['input_ids'].shape == (device_batch_size, SEQ_LEN)
+    assert batch['input_ids'].shape == (device_batch_size, seq_len)
     if train_config.eval_loader is not None:
         build_dataloader(
             train_config.eval_loader | {'num_workers': 0, 'persistent_workers': False, 'prefetch_factor': None},
@@ -205,7 +222,7 @@ EVAL_TASKS = SHARED / 'data' / 'eval-tasks'
 def test_icl_tasks_are_off_by_default_in_the_tiny_recipes_and_on_with_a_task_folder(workspace, tmp_path):
     """variables.eval_tasks_dir switches the recipes' icl_tasks block; switched on, llm-foundry builds its
     evaluators from the shared task files (one task of each kind here)."""
-    for yaml_path in YAMLS:
+    for yaml_path in (path for path in YAMLS if 'eval_tasks_dir' in om.load(path).variables):
         overrides = [
             f'variables.model_path={workspace / "models" / "toy"}',
             f'variables.data_local={workspace / "data"}',

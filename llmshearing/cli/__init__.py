@@ -9,7 +9,17 @@ import sys
 from types import ModuleType
 
 from llmshearing.checks import OutputExistsError, ParameterError
-from llmshearing.cli import compare, demo, evaluate, export, generate, prepare_data, prune_oneshot, reference_loss
+from llmshearing.cli import (
+    compare,
+    demo,
+    evaluate,
+    export,
+    generate,
+    prepare_data,
+    prepare_instructions,
+    prune_oneshot,
+    reference_loss,
+)
 
 DESCRIPTION = """\
 Sheared-LLaMA: a strong small language model from a strong large one, by targeted structured pruning (hard-concrete
@@ -24,12 +34,14 @@ The pipeline, in order:
   export            a pruning checkpoint as a pruned Hugging Face model
   (continued)       composer train.py yamls/continued_pretraining/<name>.yaml
   evaluate          downstream task accuracy
+  prepare-instructions  instruction data (ShareGPT, Alpaca, self-instruct) for instruction tuning
+  (instruction)     composer train.py yamls/instruction_tuning/<name>.yaml
   generate          responses to instruction prompts (AlpacaEval's model_outputs.json)
   compare           pairwise win rate of two models' responses, by a judge model
 demo runs the whole pipeline on a toy model on one CPU, offline."""
 
 COMMANDS: tuple[ModuleType, ...] = (
-    prepare_data, reference_loss, prune_oneshot, export, evaluate, generate, compare, demo,
+    prepare_data, reference_loss, prune_oneshot, export, evaluate, prepare_instructions, generate, compare, demo,
 )
 """The commands' modules, in pipeline order."""
 

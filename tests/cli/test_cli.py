@@ -55,7 +55,7 @@ def test_help_answers_without_heavy_imports(arguments: list[str]):
 def test_commands_are_listed_in_pipeline_order():
     names = list(command_parsers(cli.build_parser()))
     assert names == ['prepare-data', 'reference-loss eval', 'reference-loss fit', 'prune-oneshot', 'export',
-                     'evaluate', 'generate', 'compare', 'demo']
+                     'evaluate', 'prepare-instructions', 'generate', 'compare', 'demo']
 
 
 def test_help_lines_share_one_style():

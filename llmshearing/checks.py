@@ -58,3 +58,13 @@ def check_new_file(path: Path, suffix: str, parameter: str = 'out') -> None:
         raise ParameterError(parameter, f'must name a {suffix} file, got {path}')
     if path.exists():
         raise FileExistsError(f'{path} exists; give a new file (it is never overwritten)')
+
+
+def check_device(device: str) -> None:
+    """Raise ``ParameterError`` on ``device`` unless it is ``cpu``, or ``cuda[:N]`` on a machine with CUDA."""
+    if device != 'cpu' and not device.startswith('cuda'):
+        raise ParameterError('device', f'must be cpu or cuda, got {device!r}')
+    import torch  # the command line imports this module for its errors; torch only when a device is checked
+
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        raise ParameterError('device', f'{device}: this machine has no CUDA device')

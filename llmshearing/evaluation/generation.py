@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from llmshearing.checks import ParameterError, check_positive
+from llmshearing.checks import ParameterError, check_device, check_positive
 from llmshearing.choices import (
     DEFAULT_EVAL_DEVICE,
     DEFAULT_EVAL_DTYPE,
@@ -29,7 +29,6 @@ from llmshearing.choices import (
     DEFAULT_TOP_P,
     EVAL_DTYPES,
 )
-from llmshearing.evaluation.harness import _check_device
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +37,7 @@ def check_model_settings(dtype: str, device: str) -> None:
     """Refuse an unknown ``dtype`` (one of ``EVAL_DTYPES``) or a device this machine lacks."""
     if dtype not in EVAL_DTYPES:
         raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
-    _check_device(device)
+    check_device(device)
 
 
 def load_model(folder: str | Path, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from llmshearing.checks import ParameterError, check_positive
+from llmshearing.checks import ParameterError, check_device, check_positive
 from llmshearing.choices import (
     DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_EVAL_DEVICE,
@@ -55,13 +55,6 @@ def _check_models(models: Sequence[str | Path]) -> list[Path]:
     if len({folder.resolve() for folder in folders}) != len(folders):
         raise ValueError(f'a MODEL folder is given twice: {[str(folder) for folder in folders]}')
     return folders
-
-
-def _check_device(device: str) -> None:
-    if device.startswith('cuda') and not torch.cuda.is_available():
-        raise ParameterError('device', f'{device}: this machine has no CUDA device')
-    if device != 'cpu' and not device.startswith('cuda'):
-        raise ParameterError('device', f'must be cpu or cuda, got {device!r}')
 
 
 def _task_result(task: Task, num_fewshot: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +133,7 @@ def evaluate_models(
     check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
     if dtype not in EVAL_DTYPES:
         raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
-    _check_device(device)
+    check_device(device)
     task_dir = Path(task_dir)
     checked = load_tasks(task_names(tasks, task_dir), task_dir, limit, seed)
     # Before lm-eval first imports datasets (checking IFEval's instructions does), which reads it once.

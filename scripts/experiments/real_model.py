@@ -486,6 +486,29 @@ def target_section(results: dict[str, Any], name: str) -> list[str]:
     ]
 
 
+PLANNED_SEEDS = (1, 2)
+
+
+def coverage_lines(results: dict[str, Any]) -> list[str]:
+    """A paragraph naming the parts of the planned run (every target of ``TARGETS``, seeds ``PLANNED_SEEDS``) that
+    the results lack, or nothing when they have them all."""
+    missing = []
+    for name in TARGETS:
+        ran = results['targets'].get(name, {}).get('seeds', [])
+        seeds = [str(seed) for seed in PLANNED_SEEDS if seed not in ran]
+        if seeds:
+            missing.append(f'`{name}` seeds {", ".join(seeds)}')
+    if not missing:
+        return []
+    return [
+        f'**Incomplete:** the planned run is every target ({", ".join(TARGETS)}) with seeds '
+        f'{", ".join(map(str, PLANNED_SEEDS))}; not yet run: {"; ".join(missing)}. Those parts run separately '
+        '(`--targets`, `--seeds`) and join this report with `--include`. Until then a target with one seed has no '
+        'spread, and no winner is named.',
+        '',
+    ]
+
+
 def render_report(results: dict[str, Any]) -> str:
     """The report's markdown."""
     settings, tasks = results['settings'], results['task_settings']
@@ -509,6 +532,7 @@ def render_report(results: dict[str, Any]) -> str:
         "task standard error or half the seeds' range, whichever is larger; recovery is a model's average accuracy "
         "over S's. Losses: mean loss per predicted token (nats, fp32), ± half the seeds' range.",
         '',
+        *coverage_lines(results),
     ]
     for name in results['targets']:
         lines += target_section(results, name)

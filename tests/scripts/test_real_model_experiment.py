@@ -267,3 +267,14 @@ def test_a_winner_leads_the_runner_up_by_more_than_both_spreads():
     )
     one_seed = models(sheared=[5.0], oneshot=[5.5])
     assert experiment.winner_sentence(one_seed, 'mean_loss').endswith('one seed, no spread to judge the lead by.')
+
+
+def test_the_report_names_the_planned_parts_it_lacks():
+    partial = {'targets': {'moderate': {'seeds': [1]}}}
+    assert experiment.coverage_lines(partial)[0] == (
+        '**Incomplete:** the planned run is every target (narrow, moderate) with seeds 1, 2; not yet run: `narrow` '
+        'seeds 1, 2; `moderate` seeds 2. Those parts run separately (`--targets`, `--seeds`) and join this report with '
+        '`--include`. Until then a target with one seed has no spread, and no winner is named.'
+    )
+    complete = {'targets': {name: {'seeds': [2, 1]} for name in experiment.TARGETS}}
+    assert experiment.coverage_lines(complete) == []

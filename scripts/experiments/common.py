@@ -165,26 +165,23 @@ class StageLedger:
         return list(self.entries.values())
 
 
-def common_overrides(
-    settings: TrainingSettings, model_path: Path, data_dir: Path, output_dir: Path, batches: int, seed: int,
-    mix: Sequence[float], evaluations: int | None = None,
+def loop_overrides(
+    model_path: Path, output_dir: Path, batches: int, seed: int, seq_len: int, batch_size: int, evaluations: int,
 ) -> list[str]:
-    """Overrides every run shares: paths, the 7 domains and their initial ``mix``, batch sizes, duration,
-    ``evaluations`` evaluations (default ``settings.evaluations_per_stage``), one checkpoint, and no training metrics
-    (their extra cross-entropy over a large vocabulary costs more than a tenth of a CPU step)."""
-    eval_interval = max(batches // (evaluations or settings.evaluations_per_stage), 1)
+    """The training loop's overrides of any tiny recipe: the model and output paths, samples of ``seq_len`` tokens in
+    batches of ``batch_size``, ``batches`` batches with ``evaluations`` evaluations (the first before training), one
+    checkpoint, and no training metrics (their extra cross-entropy over a large vocabulary costs more than a tenth of
+    a CPU step)."""
+    eval_interval = max(batches // evaluations, 1)
     return [
         f'variables.model_path={model_path}',
-        f'variables.data_local={data_dir}',
         f'variables.output_dir={output_dir}',
         f'variables.run_name={output_dir.name}',
-        f'variables.domains=[{",".join(DOMAINS)}]',
-        f'train_loader.dataset.proportions=[{",".join(map(str, mix))}]',
         f'seed={seed}',
-        f'max_seq_len={settings.seq_len}',
-        f'device_train_batch_size={settings.batch_size}',
-        f'device_train_microbatch_size={settings.batch_size}',
-        f'global_train_batch_size={settings.batch_size}',
+        f'max_seq_len={seq_len}',
+        f'device_train_batch_size={batch_size}',
+        f'device_train_microbatch_size={batch_size}',
+        f'global_train_batch_size={batch_size}',
         f'device_eval_batch_size={EVAL_BATCH_SIZE}',
         f'max_duration={batches}ba',
         f'eval_interval={eval_interval}ba',
@@ -192,6 +189,23 @@ def common_overrides(
         f'save_interval={batches}ba',
         f'console_log_interval={eval_interval}ba',
         'model.use_train_metrics=false',
+    ]
+
+
+def common_overrides(
+    settings: TrainingSettings, model_path: Path, data_dir: Path, output_dir: Path, batches: int, seed: int,
+    mix: Sequence[float], evaluations: int | None = None,
+) -> list[str]:
+    """Overrides every run on the 7 domains shares: ``loop_overrides`` with ``evaluations`` evaluations (default
+    ``settings.evaluations_per_stage``), the data, the domains and their initial ``mix``."""
+    return [
+        *loop_overrides(
+            model_path, output_dir, batches, seed, settings.seq_len, settings.batch_size,
+            evaluations or settings.evaluations_per_stage,
+        ),
+        f'variables.data_local={data_dir}',
+        f'variables.domains=[{",".join(DOMAINS)}]',
+        f'train_loader.dataset.proportions=[{",".join(map(str, mix))}]',
     ]
 
 
@@ -435,8 +449,36 @@ def write_results(
     return report_dir
 
 
-def experiment_parser(description: str, module: str, quick_help: str) -> argparse.ArgumentParser:
-    """The arguments every experiment takes: ``--quick``, ``--output``, ``--data`` and ``--threads``."""
+def check_output_folder(output_dir: Path, setup: dict[str, Any], resume: bool) -> tuple[Path, Path]:
+    """Check that ``output_dir`` is new or empty, or with ``resume`` an interrupted run of the same ``setup`` (its
+    ``setup.json``; no report yet); return the ledger's and the setup's files. Raise ``FileNotFoundError``,
+    ``FileExistsError`` or ``ValueError`` saying what to do otherwise."""
+    ledger_file, setup_file = output_dir / 'stages.jsonl', output_dir / 'setup.json'
+    if not resume:
+        check_empty(output_dir, 'choose another with --output, or continue it with --resume')
+        return ledger_file, setup_file
+    for needed in (ledger_file, setup_file):
+        if not needed.is_file():
+            raise FileNotFoundError(
+                f'--resume: {needed} does not exist; {output_dir} is not an interrupted run of this experiment'
+            )
+    if (output_dir / 'report').exists():
+        raise FileExistsError(f'--resume: {output_dir} already has its report')
+    recorded = json.loads(setup_file.read_text())
+    changed = sorted(key for key in setup if recorded.get(key) != setup[key])
+    if changed:
+        raise ValueError(
+            f"--resume: {', '.join(changed)} differ from the interrupted run's ({setup_file}); "
+            'resume with its arguments'
+        )
+    return ledger_file, setup_file
+
+
+def experiment_parser(
+    description: str, module: str, quick_help: str, resumable: bool = False,
+) -> argparse.ArgumentParser:
+    """The arguments every experiment takes: ``--quick``, ``--output``, ``--data`` and ``--threads``; ``--resume``
+    for an experiment with a ledger (``resumable``)."""
     name = module.rpartition('.')[2]
     parser = argparse.ArgumentParser(prog=f'python -m {module}', description=description)
     parser.add_argument('--quick', action='store_true', help=quick_help)
@@ -445,6 +487,10 @@ def experiment_parser(description: str, module: str, quick_help: str) -> argpars
         '--data', type=Path, default=DATA, help='per-domain jsonl folders (default: ../shared/data/redpajama-sample)',
     )
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads (default: 2)')
+    if resumable:
+        parser.add_argument(
+            '--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages'
+        )
     return parser
 
 

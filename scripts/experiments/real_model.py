@@ -67,7 +67,7 @@ from scripts.experiments.common import (
     StageLedger,
     TrainingRun,
     TrainingSettings,
-    check_empty,
+    check_output_folder,
     check_target_shape,
     continued_run,
     curves_as_lists,
@@ -662,28 +662,11 @@ def run_experiment(
 ) -> Path:
     """Every stage into ``output_dir`` (new or empty; with ``resume``, an interrupted run's, whose finished stages are
     kept); return the report folder."""
-    ledger_file, setup_file = output_dir / 'stages.jsonl', output_dir / 'setup.json'
     setup = {
         'settings': asdict(settings), 'shearing_init': str(shearing_init), 'targets': list(targets),
         'scratch': scratch, 'data': str(data),
     }
-    if resume:
-        for needed in (ledger_file, setup_file):
-            if not needed.is_file():
-                raise FileNotFoundError(
-                    f'--resume: {needed} does not exist; {output_dir} is not an interrupted run of this experiment'
-                )
-        if (output_dir / 'report').exists():
-            raise FileExistsError(f'--resume: {output_dir} already has its report')
-        recorded = json.loads(setup_file.read_text())
-        changed = sorted(key for key in setup if recorded.get(key) != setup[key])
-        if changed:
-            raise ValueError(
-                f"--resume: {', '.join(changed)} differ from the interrupted run's ({setup_file}); "
-                'resume with its arguments'
-            )
-    else:
-        check_empty(output_dir, 'choose another with --output, or continue it with --resume')
+    ledger_file, setup_file = check_output_folder(output_dir, setup, resume)
     if not task_dir.is_dir():
         raise FileNotFoundError(f'task folder {task_dir} does not exist')
     for include in includes:
@@ -810,7 +793,8 @@ def run_experiment(
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the experiment from the command line and print the report."""
     parser = experiment_parser(
-        __doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples, fewer batches and task rows'
+        __doc__.split('\n\n')[0], __spec__.name, 'fewer documents, shorter samples, fewer batches and task rows',
+        resumable=True,
     )
     parser.add_argument('--seeds', type=int, nargs='+', default=[1, 2], help='seeds of the training runs')
     parser.add_argument(
@@ -830,9 +814,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         nargs='+',
         default=[],
         help="earlier runs' results.json whose other targets and seeds the report adds to this run's",
-    )
-    parser.add_argument(
-        '--resume', action='store_true', help='continue an interrupted run in --output: keep its finished stages'
     )
     parser.add_argument(
         '--task-dir', type=Path, default=TASK_DIR, help='task files (default: ../shared/data/eval-tasks)'

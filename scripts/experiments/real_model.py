@@ -418,9 +418,12 @@ def outcome_sentences(models: dict[str, list[dict[str, Any]]]) -> list[str]:
             continue
         loss = [summary(models, name, 'mean_loss') for name in (first, second)]
         accuracy = [summary(models, name, 'average') for name in (first, second)]
+        loss_verdict = comparison(*loss, False, 'nats')
+        if min(len(models[first]), len(models[second])) < 2:
+            loss_verdict = loss_verdict.rsplit(', ', 1)[0] + ', one seed: no spread'
         sentences.append(
             f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} '
-            f'nats/token ({comparison(*loss, False, "nats")}); average accuracy '
+            f'nats/token ({loss_verdict}); average accuracy '
             f'{100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} vs {100 * accuracy[1][0]:.1f} ± '
             f'{100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
         )

@@ -92,14 +92,24 @@ def _checkpoints_newest_first(folder: Path) -> list[Path]:
     return [path for _, path in sorted(found, reverse=True)]
 
 
+def _free_name(folder: Path, name: str) -> Path:
+    """``folder/name``, or ``folder/name.N`` with the first free N: a file moved aside never replaces another."""
+    path, number = folder / name, 1
+    while path.exists():
+        path, number = folder / f'{name}.{number}', number + 1
+    return path
+
+
 def _move_aside(checkpoint: Path, problem: str) -> Path:
     aside = checkpoint.parent / INCOMPLETE_FOLDER
     aside.mkdir(exist_ok=True)
-    for path in (checkpoint, checksum_path(checkpoint)):
-        if path.exists():
-            shutil.move(str(path), aside / path.name)
-    log.warning('checkpoint %s %s: moved to %s, not loaded', checkpoint, problem, aside / checkpoint.name)
-    return aside / checkpoint.name
+    moved = _free_name(aside, checkpoint.name)
+    sidecar = checksum_path(checkpoint)
+    if sidecar.exists():
+        shutil.move(str(sidecar), checksum_path(moved))
+    shutil.move(str(checkpoint), moved)
+    log.warning('checkpoint %s %s: moved to %s, not loaded', checkpoint, problem, moved)
+    return moved
 
 
 def repair_checkpoint_folder(folder: Path) -> Path | None:
@@ -136,14 +146,19 @@ def repair_checkpoint_folder(folder: Path) -> Path | None:
 
 
 class _ChecksumWriter(Callback):
-    """Hash the checkpoints Composer's ``CheckpointSaver`` has saved and that have no sidecar yet."""
+    """Hash each checkpoint Composer's ``CheckpointSaver`` has saved in this process (replacing the sidecar of a
+    file that ``save_overwrite`` replaced)."""
+
+    def __init__(self) -> None:
+        self._hashed: set[str] = set()
 
     def _write_new_checksums(self, state: State) -> None:
         for saver in (callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)):
             for saved in saver.saved_checkpoints:
                 path = Path(saved)
-                if path.is_file() and CHECKPOINT_NAME.match(path.name) and not checksum_path(path).exists():
+                if saved not in self._hashed and path.is_file() and CHECKPOINT_NAME.match(path.name):
                     write_checksum(path)
+                    self._hashed.add(saved)
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         self._write_new_checksums(state)

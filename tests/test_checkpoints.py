@@ -110,3 +110,13 @@ def test_a_killed_first_save_leaves_a_fresh_start(tmp_path):
     assert repair_checkpoint_folder(tmp_path) is None
     assert (tmp_path / INCOMPLETE_FOLDER / 'ep0-ba4-rank0.pt').exists()
     assert not (tmp_path / LATEST_NAME).is_symlink()
+
+
+def test_a_file_moved_aside_never_replaces_an_earlier_one(tmp_path):
+    _point_latest(tmp_path, _checkpoint(tmp_path, 4))
+    for size in (100, 200):
+        (tmp_path / 'ep0-ba8-rank0.pt').write_bytes(b'x' * size)
+        repair_checkpoint_folder(tmp_path)
+    aside = tmp_path / INCOMPLETE_FOLDER
+    assert (aside / 'ep0-ba8-rank0.pt').stat().st_size == 100
+    assert (aside / 'ep0-ba8-rank0.pt.1').stat().st_size == 200

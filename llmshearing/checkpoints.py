@@ -116,33 +116,34 @@ def repair_checkpoint_folder(folder: Path) -> Path | None:
     """The checkpoint a resume in ``folder`` will load: the newest one that passes ``checkpoint_problem``, with
     ``latest-rank0.pt`` pointing at it; every newer file is moved to ``folder/incomplete/``. None when the folder
     holds no checkpoint (or only partial ones, moved aside: the run starts over). A checkpoint that once was whole (it
-    has a sha256) and fails with no older one to fall back on is an error naming it."""
+    has a sha256) and fails with no older one to fall back on is an error naming it, and stays where it is."""
     if not folder.is_dir():
         return None
     latest = folder / LATEST_NAME
-    latest_target = os.readlink(latest) if latest.is_symlink() else None
-    damaged: list[Path] = []
+    failed: list[tuple[Path, str]] = []
     for checkpoint in _checkpoints_newest_first(folder):
         problem = checkpoint_problem(checkpoint)
         if problem is None:
-            if latest_target != checkpoint.name:
-                if latest.is_symlink():
-                    latest.unlink()
-                latest.symlink_to(checkpoint.name)
-                log.warning('resuming from %s, the newest checkpoint that passes its check', checkpoint)
-            return checkpoint
-        if checksum_path(checkpoint).is_file():
-            damaged.append(checkpoint)
-        _move_aside(checkpoint, problem)
-    if damaged:
-        names = ', '.join(str(path) for path in damaged)
-        raise ValueError(
-            f'save_folder: {names} failed its sha256 check (damaged or truncated) and no older checkpoint passes; '
-            f'it was moved to {folder / INCOMPLETE_FOLDER}; restore it, or start over in a new save_folder',
-        )
-    if latest.is_symlink():
-        latest.unlink()
-    return None
+            break
+        failed.append((checkpoint, problem))
+    else:
+        checkpoint = None
+        damaged = [str(path) for path, _ in failed if checksum_path(path).is_file()]
+        if damaged:
+            raise ValueError(
+                f'save_folder: {", ".join(damaged)} failed its sha256 check (damaged or truncated) and no older '
+                'checkpoint passes; restore it, or move it away to start over (or use a new save_folder)',
+            )
+    for path, problem in failed:
+        _move_aside(path, problem)
+    if checkpoint is None:
+        latest.unlink(missing_ok=True)
+        return None
+    if not latest.is_symlink() or os.readlink(latest) != checkpoint.name:
+        latest.unlink(missing_ok=True)
+        latest.symlink_to(checkpoint.name)
+        log.warning('resuming from %s, the newest checkpoint that passes its check', checkpoint)
+    return checkpoint
 
 
 class _ChecksumWriter(Callback):

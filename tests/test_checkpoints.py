@@ -90,9 +90,10 @@ def test_a_truncated_checkpoint_with_nothing_older_is_an_error_naming_it(tmp_pat
     only = _checkpoint(tmp_path, 4)
     _point_latest(tmp_path, only)
     os.truncate(only, 1000)
-    with pytest.raises(ValueError, match=f'{only} failed its sha256 check') as error:
+    with pytest.raises(ValueError, match=f'save_folder: {only} failed its sha256 check') as error:
         repair_checkpoint_folder(tmp_path)
-    assert 'no older checkpoint passes' in str(error.value)
+    assert 'no older checkpoint passes; restore it, or move it away to start over' in str(error.value)
+    assert only.stat().st_size == 1000 and os.readlink(tmp_path / LATEST_NAME) == only.name
 
 
 def test_a_checkpoint_without_a_sidecar_is_checked_by_its_zip_crcs(tmp_path):

@@ -13,8 +13,8 @@ from llmshearing.preflight import check_train_config, load_train_config
 if __name__ == '__main__':
     if len(sys.argv) < 2:
         sys.exit('usage: composer train.py YAML [key=value ...]')
-    config = load_train_config(sys.argv[1], sys.argv[2:])
     try:
+        config = load_train_config(sys.argv[1], sys.argv[2:])
         check_train_config(config)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f'error: {error}')

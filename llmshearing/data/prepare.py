@@ -17,6 +17,7 @@ OUTPUT_DIR gets ``train/<domain>/``, ``eval/<domain>/`` and ``eval/eval_merge/``
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -169,17 +171,44 @@ def _open_decompressed(path: Path, raw: BinaryIO) -> BinaryIO:
     return raw
 
 
+def _damaged_input_errors(path: Path) -> tuple[type[Exception], ...]:
+    """What reading a truncated or damaged input file raises."""
+    if path.name.endswith('.zst'):
+        import zstandard
+
+        return OSError, zstandard.ZstdError
+    return EOFError, OSError, zlib.error
+
+
 def _read_line_chunks(path: Path, progress: tqdm) -> Iterator[tuple[bytes, int]]:
-    """Yield (about ``CHUNK_BYTES`` of whole lines, number of their first line); advance ``progress`` by bytes read."""
+    """Yield (about ``CHUNK_BYTES`` of whole lines, number of their first line); advance ``progress`` by bytes read.
+    A truncated or damaged compressed file is a ``ValueError`` naming it and its last whole line."""
     with open(path, 'rb') as raw, _open_decompressed(path, raw) as stream:
         first_line_number = 1
         position = 0
-        while lines := stream.read(CHUNK_BYTES):
-            lines += stream.readline()
+        while True:
+            try:
+                lines = stream.read(CHUNK_BYTES)
+                lines += stream.readline()
+            except _damaged_input_errors(path) as error:
+                raise _damaged_input_error(path, error) from None
+            if not lines:
+                return
             progress.update(raw.tell() - position)
             position = raw.tell()
             yield lines, first_line_number
             first_line_number += lines.count(b'\n')
+
+
+def _damaged_input_error(path: Path, error: Exception) -> ValueError:
+    """The error for an input file that cannot be read to its end, with its last whole line (read again to find it:
+    a chunk's lines are counted only once it is whole)."""
+    whole_lines = 0
+    with contextlib.suppress(*_damaged_input_errors(path)), open(path, 'rb') as raw:
+        with _open_decompressed(path, raw) as stream:
+            for line in stream:
+                whole_lines += line.endswith(b'\n')
+    return ValueError(f'input file {path} is truncated or damaged after line {whole_lines}: {error}')
 
 
 class _SamplePacker:

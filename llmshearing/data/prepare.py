@@ -161,13 +161,46 @@ def _tokenize_in_worker(file_name: str, lines: bytes, first_line_number: int) ->
     return _worker_chunk_tokenizer(file_name, lines, first_line_number)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a ``.zst`` file's frames; a file that ends inside a frame raises ``EOFError``, as
+    ``gzip`` does (zstandard's ``stream_reader`` ends there without a word)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard  # only needed for .zst inputs
+
+        self.raw = raw
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.frame: zstandard.ZstdDecompressionObj | None = None  # the frame being read; None between frames
+        self.compressed = b''  # read from the file, not yet decompressed
+        self.decompressed = memoryview(b'')
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.decompressed:
+            if not self.compressed:
+                self.compressed = self.raw.read(CHUNK_BYTES)
+                if not self.compressed:
+                    if self.frame is not None:
+                        raise EOFError('compressed file ended inside a zstd frame')
+                    return 0
+            self.frame = self.frame or self.decompressor.decompressobj()
+            self.decompressed = memoryview(self.frame.decompress(self.compressed))
+            self.compressed = b''
+            if self.frame.eof:
+                self.compressed, self.frame = self.frame.unused_data, None
+        size = min(len(buffer), len(self.decompressed))
+        buffer[:size] = self.decompressed[:size]
+        self.decompressed = self.decompressed[size:]
+        return size
+
+
 def _open_decompressed(path: Path, raw: BinaryIO) -> BinaryIO:
     if path.name.endswith('.gz'):
         return gzip.GzipFile(fileobj=raw)
     if path.name.endswith('.zst'):
-        import zstandard  # only needed for .zst inputs
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        return io.BufferedReader(_ZstdFrames(raw))
     return raw
 
 
@@ -176,7 +209,7 @@ def _damaged_input_errors(path: Path) -> tuple[type[Exception], ...]:
     if path.name.endswith('.zst'):
         import zstandard
 
-        return OSError, zstandard.ZstdError
+        return EOFError, OSError, zstandard.ZstdError
     return EOFError, OSError, zlib.error
 
 

@@ -24,8 +24,8 @@ from llmshearing.run_record import (
 if __name__ == '__main__':
     if len(sys.argv) < 2:
         sys.exit('usage: composer train.py YAML [key=value ...]')
-    config = load_train_config(sys.argv[1], sys.argv[2:])
     try:
+        config = load_train_config(sys.argv[1], sys.argv[2:])
         options = pop_run_options(config)
         train_config = check_train_config(config)
         if int(os.environ.get('RANK', '0')) == 0:

@@ -4,7 +4,9 @@ with a message naming its key instead of after the model has loaded or mid-run."
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+import json
+import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,22 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 from transformers import AutoConfig, AutoTokenizer
 
+from llmshearing.callbacks.dynamic_loading import DynamicLoading
 from llmshearing.cpu_autocast import with_cpu_autocast
+from llmshearing.data.dataloader import build_dynamic_text_dataloader
+from llmshearing.data.dynamic_dataset import (
+    DomainStreamingDataset,
+    DynamicStreamingDataset,
+    check_local_split,
+    validate_domains,
+    validate_proportions,
+)
 from llmshearing.distillation.algorithm import Distillation, check_teacher_matches
 from llmshearing.pruning.algorithm import Shearing
 from llmshearing.pruning.l0_module import L0Module
 from llmshearing.pruning.shape import ModelShape
+
+log = logging.getLogger(__name__)
 
 
 def load_train_config(yaml_path: str | Path, overrides: list[str]) -> DictConfig:
@@ -84,13 +97,93 @@ def _check_algorithm_settings(train_config: TrainConfig) -> None:
         settings = (train_config.algorithms or {}).get(name)
         if settings is None:
             continue
-        parameters = inspect.signature(algorithm).parameters
-        for key in settings:
-            if key not in parameters:
-                raise ValueError(f'algorithms.{name}.{key} is not a setting; the settings are {", ".join(parameters)}')
+        _check_keys(f'algorithms.{name}', settings, algorithm)
         if name == 'distillation' and settings.get('teacher') is None:
             raise ValueError('algorithms.distillation.teacher is required: the folder of the teacher HF model')
         algorithm(**settings)
+
+
+def _check_keys(key: str, settings: Mapping[str, Any], function: Callable, given: tuple[str, ...] = ()) -> None:
+    """Raise ``ValueError`` naming the first key of ``settings`` that is not a parameter of ``function`` (less the
+    ``given`` ones, which the caller passes itself), with the valid ones."""
+    parameters = [name for name in inspect.signature(function).parameters if name not in given]
+    for name in settings:
+        if name not in parameters:
+            raise ValueError(f'{key}.{name} is not a setting; the settings are {", ".join(parameters)}')
+
+
+def _check_dynamic_loading_settings(train_config: TrainConfig) -> None:
+    """Build the ``dynamic_loading`` callback from its settings (its own checks); a key that is not a setting is
+    named."""
+    settings = (train_config.callbacks or {}).get('dynamic_loading')
+    if settings is not None:
+        _check_keys('callbacks.dynamic_loading', settings, DynamicLoading)
+        DynamicLoading(**settings)
+
+
+DYNAMIC_TEXT_LOADER = 'dynamic_text'
+"""This package's loader of multi-domain token data (``llmshearing.data.dataloader``)."""
+LOADER_GIVEN = ('tokenizer', 'device_batch_size')
+"""The parameters of ``build_dynamic_text_dataloader`` that llm-foundry passes, not the loader's settings."""
+DATASET_GIVEN = ('batch_size', 'lookahead_batches')
+"""The parameters of the datasets that the loader passes, not the ``dataset`` settings."""
+
+
+def _dynamic_text_loaders(train_config: TrainConfig) -> dict[str, Mapping[str, Any]]:
+    loaders = {'train_loader': train_config.train_loader, 'eval_loader': train_config.eval_loader}
+    return {key: loader for key, loader in loaders.items() if (loader or {}).get('name') == DYNAMIC_TEXT_LOADER}
+
+
+def _check_dynamic_text_loaders(train_config: TrainConfig) -> None:
+    """Each ``dynamic_text`` loader's settings and dataset keys, its domains and proportions, and that its local data
+    holds samples of every domain."""
+    for key, loader in _dynamic_text_loaders(train_config).items():
+        _check_keys(key, {name: value for name, value in loader.items() if name != 'name'},
+                    build_dynamic_text_dataloader, LOADER_GIVEN)
+        dataset = loader.get('dataset') or {}
+        dataset_class = DynamicStreamingDataset if 'proportions' in dataset else DomainStreamingDataset
+        _check_keys(f'{key}.dataset', dataset, dataset_class, DATASET_GIVEN)
+        try:
+            domains = validate_domains(dataset.get('domains'))
+            if 'proportions' in dataset:
+                validate_proportions(dataset['proportions'], len(domains))
+            if dataset.get('remote') is None and dataset.get('local') is not None:
+                split = dataset.get('split', inspect.signature(dataset_class).parameters['split'].default)
+                check_local_split(dataset['local'], split, domains, bool(dataset.get('merged')))
+        except ValueError as error:
+            raise ValueError(f'{key}.dataset.{error}') from None
+
+
+MANIFEST = 'manifest.json'
+"""The file ``prepare-data`` writes beside the splits, recording the tokenizer's ``vocab_size``."""
+
+
+def _check_data_vocabulary(train_config: TrainConfig) -> None:
+    """The vocabulary that each ``dynamic_text`` loader's data was tokenized with, read from its manifest, must fit
+    the model's ``vocab_size``; without a manifest that records it, the check is skipped (and the log says so)."""
+    model_path = train_config.model.get('pretrained_model_name_or_path')
+    if not (isinstance(model_path, str) and _looks_local(model_path)):
+        return
+    model_vocab_size = None
+    for key, loader in _dynamic_text_loaders(train_config).items():
+        local = (loader.get('dataset') or {}).get('local')
+        if local is None:
+            continue
+        manifest_path = Path(local).expanduser() / MANIFEST
+        try:
+            data_vocab_size = json.loads(manifest_path.read_text())['tokenizer']['vocab_size']
+        except (OSError, ValueError, KeyError, TypeError):
+            log.warning('%s.dataset.local: %s records no vocabulary size: the data\'s token ids are not checked '
+                        'against the model\'s vocab_size', key, manifest_path)
+            continue
+        if model_vocab_size is None:
+            model_vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
+        if data_vocab_size > model_vocab_size:
+            raise ValueError(
+                f'{key}.dataset.local: {local} was tokenized with a vocabulary of {data_vocab_size} tokens '
+                f'({manifest_path}), more than the vocab_size of model.pretrained_model_name_or_path '
+                f'({model_vocab_size}): prepare the data with the model\'s tokenizer',
+            )
 
 
 FINETUNING_LOADER = 'finetuning'
@@ -156,12 +249,16 @@ def _check_checkpoints(train_config: TrainConfig) -> None:
 
 def check_train_config(config: DictConfig) -> TrainConfig:
     """Validate keys (llm-foundry's own check), that an instruction-tuning run neither prunes nor re-weights domains,
-    the settings of this package's algorithms, paths, the model/tokenizer pair, the pruning target and the
-    distillation teacher."""
+    the settings of this package's algorithms and callback, paths, the model/tokenizer pair, the pruning target, the
+    distillation teacher, the ``dynamic_text`` loaders' settings, domains and proportions against their data, and
+    the data's vocabulary against the model's."""
     _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
     _check_instruction_tuning(train_config)
     _check_algorithm_settings(train_config)
+    _check_dynamic_loading_settings(train_config)
     _check_model_and_tokenizer(train_config)
     _check_data(train_config)
+    _check_dynamic_text_loaders(train_config)
+    _check_data_vocabulary(train_config)
     _check_checkpoints(train_config)
     return train_config

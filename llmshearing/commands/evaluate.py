@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from llmshearing.checks import OutputExistsError, ParameterError
 from llmshearing.choices import DEFAULT_EVAL_BATCH_SIZE, DEFAULT_EVAL_DEVICE, DEFAULT_EVAL_DTYPE, DEFAULT_EVAL_SEED
@@ -31,19 +32,26 @@ def evaluate(
     chat_template: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Path]:
-    """Evaluate ``models`` (``evaluate_models``) and write the results beside ``out`` (``FILE.json``); return the
-    paths written."""
+    """Evaluate ``models`` (``evaluate_models``) and write the results beside ``out`` (``FILE.json``), rewritten as
+    each model finishes; return the paths written."""
     out = Path(out)
     if out.suffix != '.json':
         raise ParameterError('out', f'must name a .json file, got {out}')
     existing = [str(path) for path in output_paths(out).values() if path.exists()]
     if existing and not overwrite:
         raise OutputExistsError(f'{", ".join(existing)} exist(s)', 'them')
-    result, records = evaluate_models(
+    written: dict[str, Path] = {}
+
+    def write_finished(result: dict[str, Any], records: list[dict[str, Any]]) -> None:
+        """Write the models evaluated so far, so that a failure later keeps their results on disk."""
+        written.update(write_outputs(result, records, out))
+        log.info('Wrote the results of %d of %d models to %s', len(result['models']), len(models), out)
+
+    result, _ = evaluate_models(
         models, tasks, task_dir, limit=limit, seed=seed, num_fewshot=num_fewshot, batch_size=batch_size,
         device=device, dtype=dtype, max_new_tokens=max_new_tokens, chat_template=chat_template,
+        on_model_done=write_finished,
     )
-    written = write_outputs(result, records, out)
     if len(result['models']) >= 2:
         written['chart'] = output_paths(out)['chart']
         plot_task_accuracies(*task_scores(result)).savefig(written['chart'], dpi=110)

@@ -88,10 +88,19 @@ def token_example(tokens: np.ndarray, domain: int, max_seq_len: int | None) -> d
     return {'input_ids': torch.from_numpy(tokens[:max_seq_len].astype(np.int64)), 'domain': domain}
 
 
+def check_local_split(local: str, split: str, domains: Sequence[str], merged: bool = False) -> None:
+    """Raise ``ValueError`` naming ``domains`` unless ``local/split`` holds samples of every domain (``merged``: one
+    MDS folder for all of them, as ``eval/eval_merge``)."""
+    if merged:
+        _check_local_data(os.path.join(local, split), f'split {split!r}')
+        return
+    for domain in domains:
+        _check_local_data(os.path.join(local, split, domain), f'domain {domain!r}')
+
+
 def _domain_streams(local: str, remote: str | None, split: str, domains: Sequence[str]) -> list[Stream]:
     if remote is None:
-        for domain in domains:
-            _check_local_data(os.path.join(local, split, domain), f'domain {domain!r}')
+        check_local_split(local, split, domains)
     return [
         Stream(
             local=os.path.join(local, split, domain),
@@ -504,7 +513,7 @@ class DomainStreamingDataset(StreamingDataset):
         self.merged = merged
         if merged:
             if remote is None:
-                _check_local_data(os.path.join(local, split), f'split {split!r}')
+                check_local_split(local, split, self.domains, merged=True)
             streams = [
                 Stream(
                     local=os.path.join(local, split), remote=None if remote is None else os.path.join(remote, split)

@@ -17,6 +17,7 @@ OUTPUT_DIR gets ``train/<domain>/``, ``eval/<domain>/`` and ``eval/eval_merge/``
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import itertools
@@ -26,6 +27,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack
@@ -159,27 +161,87 @@ def _tokenize_in_worker(file_name: str, lines: bytes, first_line_number: int) ->
     return _worker_chunk_tokenizer(file_name, lines, first_line_number)
 
 
+class _ZstdFrames(io.RawIOBase):
+    """The decompressed bytes of a ``.zst`` file's frames; a file that ends inside a frame raises ``EOFError``, as
+    ``gzip`` does (zstandard's ``stream_reader`` ends there without a word)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        import zstandard  # only needed for .zst inputs
+
+        self.raw = raw
+        self.decompressor = zstandard.ZstdDecompressor()
+        self.frame: zstandard.ZstdDecompressionObj | None = None  # the frame being read; None between frames
+        self.compressed = b''  # read from the file, not yet decompressed
+        self.decompressed = memoryview(b'')
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.decompressed:
+            if not self.compressed:
+                self.compressed = self.raw.read(CHUNK_BYTES)
+                if not self.compressed:
+                    if self.frame is not None:
+                        raise EOFError('compressed file ended inside a zstd frame')
+                    return 0
+            self.frame = self.frame or self.decompressor.decompressobj()
+            self.decompressed = memoryview(self.frame.decompress(self.compressed))
+            self.compressed = b''
+            if self.frame.eof:
+                self.compressed, self.frame = self.frame.unused_data, None
+        size = min(len(buffer), len(self.decompressed))
+        buffer[:size] = self.decompressed[:size]
+        self.decompressed = self.decompressed[size:]
+        return size
+
+
 def _open_decompressed(path: Path, raw: BinaryIO) -> BinaryIO:
     if path.name.endswith('.gz'):
         return gzip.GzipFile(fileobj=raw)
     if path.name.endswith('.zst'):
-        import zstandard  # only needed for .zst inputs
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        return io.BufferedReader(_ZstdFrames(raw))
     return raw
 
 
+def _damaged_input_errors(path: Path) -> tuple[type[Exception], ...]:
+    """What reading a truncated or damaged input file raises."""
+    if path.name.endswith('.zst'):
+        import zstandard
+
+        return EOFError, OSError, zstandard.ZstdError
+    return EOFError, OSError, zlib.error
+
+
 def _read_line_chunks(path: Path, progress: tqdm) -> Iterator[tuple[bytes, int]]:
-    """Yield (about ``CHUNK_BYTES`` of whole lines, number of their first line); advance ``progress`` by bytes read."""
+    """Yield (about ``CHUNK_BYTES`` of whole lines, number of their first line); advance ``progress`` by bytes read.
+    A truncated or damaged compressed file is a ``ValueError`` naming it and its last whole line."""
     with open(path, 'rb') as raw, _open_decompressed(path, raw) as stream:
         first_line_number = 1
         position = 0
-        while lines := stream.read(CHUNK_BYTES):
-            lines += stream.readline()
+        while True:
+            try:
+                lines = stream.read(CHUNK_BYTES)
+                lines += stream.readline()
+            except _damaged_input_errors(path) as error:
+                raise _damaged_input_error(path, error) from None
+            if not lines:
+                return
             progress.update(raw.tell() - position)
             position = raw.tell()
             yield lines, first_line_number
             first_line_number += lines.count(b'\n')
+
+
+def _damaged_input_error(path: Path, error: Exception) -> ValueError:
+    """The error for an input file that cannot be read to its end, with its last whole line (read again to find it:
+    a chunk's lines are counted only once it is whole)."""
+    whole_lines = 0
+    with contextlib.suppress(*_damaged_input_errors(path)), open(path, 'rb') as raw:
+        with _open_decompressed(path, raw) as stream:
+            for line in stream:
+                whole_lines += line.endswith(b'\n')
+    return ValueError(f'input file {path} is truncated or damaged after line {whole_lines}: {error}')
 
 
 class _SamplePacker:

@@ -13,9 +13,9 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -30,6 +30,9 @@ from llmshearing.choices import (
 from llmshearing.evaluation import ifeval
 from llmshearing.evaluation.tasks import CHANCE_KEYS, IFEVAL, Task, load_tasks, task_names
 from llmshearing.tables import markdown_table
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +58,27 @@ def _check_models(models: Sequence[str | Path]) -> list[Path]:
     if len({folder.resolve() for folder in folders}) != len(folders):
         raise ValueError(f'a MODEL folder is given twice: {[str(folder) for folder in folders]}')
     return folders
+
+
+def _load_configs_and_tokenizers(folders: Sequence[Path]) -> dict[Path, PreTrainedTokenizerBase]:
+    """Every model's config and tokenizer, before any model's weights load, so that the last model's missing
+    tokenizer stops the command before the first model is evaluated; returns the tokenizers."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tokenizers = {}
+    for folder in folders:
+        try:
+            AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f'model folder {folder}: config.json cannot be loaded: {error}') from None
+        try:
+            tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(
+                f'model folder {folder}: its tokenizer cannot be loaded ({type(error).__name__}); evaluate needs the '
+                "model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in the folder",
+            ) from None
+    return tokenizers
 
 
 def _task_result(task: Task, num_fewshot: int, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -105,9 +129,10 @@ def evaluate_models(
     dtype: str = DEFAULT_EVAL_DTYPE,
     max_new_tokens: int | None = None,
     chat_template: bool = True,
+    on_model_done: Callable[[dict[str, Any], list[dict[str, Any]]], object] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluate each model on the tasks; returns the result (the JSON ``write_outputs`` writes) and one record per
-    row and model.
+    row and model. Every model's config and tokenizer are loaded before the first model's weights.
 
     Args:
         models: Hugging Face causal LM folders.
@@ -124,6 +149,8 @@ def evaluate_models(
         max_new_tokens: cap on the tokens of an IFEval response (default: the task's own, 1280).
         chat_template: give IFEval's prompts to a model through its tokenizer's chat template where it has one
             (lm-eval's ``apply_chat_template``); the log-likelihood tasks always score the raw text.
+        on_model_done: called with the result and the records so far after each model, e.g. to write them, so that
+            a later model's failure keeps the earlier models' results.
     """
     folders = _check_models(models)
     if limit is not None and limit <= 0:
@@ -141,11 +168,13 @@ def evaluate_models(
     for task in checked:
         if task.generates:
             ifeval.check_instructions(task)
+    tokenizers = _load_configs_and_tokenizers(folders)
 
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
 
     shots = {
         task.name: task.settings.num_fewshot if num_fewshot is None or task.generates else num_fewshot
@@ -187,8 +216,11 @@ def evaluate_models(
     for folder in folders:
         started = time.perf_counter()
         log.info('Evaluating %s on %s', folder, ', '.join(task.name for task in checked))
-        model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(folder)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
+        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+            raise ValueError(f'model folder {folder}: its weights cannot be loaded: {error}') from None
+        tokenizer = tokenizers[folder]
         harness_model = HFLM(
             pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,
             mixed_precision_dtype=torch.bfloat16 if dtype == 'amp_bf16' else None,
@@ -231,6 +263,8 @@ def evaluate_models(
         for task in checked:
             records += _row_records(str(folder), task, output['samples'][task.harness_name])
         del harness_model, model
+        if on_model_done is not None:
+            on_model_done(result, records)
     return result, records
 
 

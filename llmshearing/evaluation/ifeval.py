@@ -20,7 +20,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from llmshearing.evaluation.tasks import Task
+from llmshearing.evaluation.tasks import Task, task_lines
 from llmshearing.resources import cache_root
 
 IFEVAL_METRICS = ('prompt_level_strict_acc', 'inst_level_strict_acc', 'prompt_level_loose_acc', 'inst_level_loose_acc')
@@ -93,21 +93,18 @@ def check_instructions(task: Task) -> None:
     """Check that lm-eval knows every instruction of every row of the task file and accepts its arguments; raises
     ``ValueError`` naming the file and line."""
     registry = load_checker().INSTRUCTION_DICT
-    with task.path.open(encoding='utf-8') as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            for instruction_id, arguments in zip(row['instruction_id_list'], row['kwargs']):
-                where = f'{task.path} line {line_number}'
-                if instruction_id not in registry:
-                    raise ValueError(f'{where}: unknown instruction {instruction_id!r}; lm-eval knows {len(registry)}')
-                try:  # as lm-eval's checker builds it: arguments that are null or empty are left out
-                    registry[instruction_id](instruction_id).build_description(
-                        **{name: value for name, value in arguments.items() if value},
-                    )
-                except (TypeError, ValueError) as error:
-                    raise ValueError(f'{where}: instruction {instruction_id!r} rejects its kwargs: {error}') from None
+    for line_number, line in task_lines(task.path):
+        row = json.loads(line)
+        for instruction_id, arguments in zip(row['instruction_id_list'], row['kwargs']):
+            where = f'{task.path} line {line_number}'
+            if instruction_id not in registry:
+                raise ValueError(f'{where}: unknown instruction {instruction_id!r}; lm-eval knows {len(registry)}')
+            try:  # as lm-eval's checker builds it: arguments that are null or empty are left out
+                registry[instruction_id](instruction_id).build_description(
+                    **{name: value for name, value in arguments.items() if value},
+                )
+            except (TypeError, ValueError) as error:
+                raise ValueError(f'{where}: instruction {instruction_id!r} rejects its kwargs: {error}') from None
 
 
 def harness_config(task: Task, max_new_tokens: int | None = None) -> dict[str, Any]:

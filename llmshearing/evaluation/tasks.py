@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -169,30 +169,42 @@ def _check_ifeval_row(row: dict[str, Any], where: str) -> None:
         raise ValueError(f'{where}: kwargs must be a list of {len(ids)} objects, one per instruction')
 
 
+def task_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line of a task file; a line that is not UTF-8 is a ``ValueError``
+    naming the file and line."""
+    with path.open('rb') as lines:
+        for line_number, line in enumerate(lines, start=1):
+            try:
+                text = line.decode('utf-8')
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f'{path} line {line_number}: not UTF-8 text (byte {error.start + 1} of the line: {error.reason})',
+                ) from None
+            if text.strip():
+                yield line_number, text
+
+
 def read_task_file(path: Path) -> tuple[str, int, int | None]:
     """Check every row of a task file; return its kind (read from the first row), its row count and the fewest
     choices of a row."""
     kind, num_rows, num_choices = None, 0, None
-    with path.open(encoding='utf-8') as lines:
-        for line_number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f'{path} line {line_number}'
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f'{where}: not valid JSON ({error.msg})') from None
+    for line_number, line in task_lines(path):
+        where = f'{path} line {line_number}'
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f'{where}: not valid JSON ({error.msg})') from None
+        if kind is None:
+            kind = _row_kind(row) if isinstance(row, dict) else None
             if kind is None:
-                kind = _row_kind(row) if isinstance(row, dict) else None
-                if kind is None:
-                    raise ValueError(
-                        f'{where}: unknown row format; expected the keys of one of '
-                        + ', '.join(f'{name} {list(keys)}' for name, keys in ROW_KEYS.items()),
-                    )
-            choices = _check_row(row, kind, where)
-            if choices is not None:
-                num_choices = choices if num_choices is None else min(num_choices, choices)
-            num_rows += 1
+                raise ValueError(
+                    f'{where}: unknown row format; expected the keys of one of '
+                    + ', '.join(f'{name} {list(keys)}' for name, keys in ROW_KEYS.items()),
+                )
+        choices = _check_row(row, kind, where)
+        if choices is not None:
+            num_choices = choices if num_choices is None else min(num_choices, choices)
+        num_rows += 1
     if kind is None:
         raise ValueError(f'task file {path} has no rows')
     return kind, num_rows, num_choices

@@ -10,8 +10,10 @@ the peak memory is about the source model's weights plus the pruned model's.
 from __future__ import annotations
 
 import logging
+import pickle
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +78,24 @@ def load_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any]]:
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', 'torch.distributed is unavailable or uninitialized')  # one process reads
             return path, _load_state_dict_from_keys(keys, checkpoint_id=str(path))
-    state = torch.load(path, map_location='cpu', mmap=True, weights_only=False)['state']
+    state = _monolithic_state(path)
     return path, {'state': {name: state[name] for name in EXPORTED_STATE if name in state}}
+
+
+def _monolithic_state(path: Path) -> dict[str, Any]:
+    """The ``state`` of a one-file Composer checkpoint, memory-mapped; ``ValueError`` naming the file if it is not
+    one."""
+    expected = 'expected a Composer checkpoint file (torch.save), a sharded checkpoint folder or a save folder'
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f'checkpoint {path} is not a torch.save file (or it is truncated): {expected}')
+    try:
+        checkpoint = torch.load(path, map_location='cpu', mmap=True, weights_only=False)
+    except (RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise ValueError(f'checkpoint {path} cannot be read ({error}): {expected}') from None
+    state = checkpoint.get('state') if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict) or 'model' not in state:
+        raise ValueError(f'checkpoint {path} holds no Composer state with a model: {expected}')
+    return state
 
 
 def masked_model_from_checkpoint(path: str | Path) -> tuple[PreTrainedModel, dict[str, Any]]:

@@ -6,6 +6,7 @@ import gzip
 import json
 import logging
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -436,3 +437,42 @@ def test_redpajama_sample_with_the_mistral_tokenizer(tmp_path):
         assert manifest['eval'][domain]['files'] == [files[0].name]
         assert manifest['train'][domain]['files'] == [path.name for path in files]
         assert manifest['read'][domain]['tokens'] == len(token_stream(tokenizer, texts))
+
+
+def test_a_truncated_gzip_file_is_named_with_its_last_whole_line(tmp_path, corpus, byte_tokenizer_dir):
+    path = tmp_path / 'input' / 'alpha' / 'a1.jsonl.gz'
+    whole = gzip.compress(''.join(line + '\n' for line in records(documents('long', 0, 2000))).encode(), mtime=0)
+    truncated = whole[: len(whole) // 2]
+    path.write_bytes(truncated)
+    whole_lines = zlib.decompressobj(wbits=31).decompress(truncated).count(b'\n')  # what a reader could recover
+    assert 0 < whole_lines < 2000
+    with pytest.raises(ValueError) as raised:
+        prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=0, workers=1)
+    assert str(raised.value) == (
+        f'input file {path} is truncated or damaged after line {whole_lines}: '
+        'Compressed file ended before the end-of-stream marker was reached'
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['input']
+
+
+def test_a_truncated_zstd_file_is_named_with_its_last_whole_line(tmp_path, corpus, byte_tokenizer_dir):
+    path = tmp_path / 'input' / 'alpha' / 'a2.jsonl.zst'
+    text = ''.join(line + '\n' for line in records(documents('z', 0, 20000)))
+    whole = zstandard.ZstdCompressor().compress(text.encode())
+    truncated = whole[: len(whole) // 2]
+    path.write_bytes(truncated)
+    whole_lines = zstandard.ZstdDecompressor().decompressobj().decompress(truncated).count(b'\n')
+    assert 0 < whole_lines < 20000
+    with pytest.raises(ValueError) as raised:
+        prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=0, workers=1)
+    assert str(raised.value) == (
+        f'input file {path} is truncated or damaged after line {whole_lines}: compressed file ended inside a zstd frame'
+    )
+
+
+def test_a_damaged_zstd_file_is_named(tmp_path, corpus, byte_tokenizer_dir):
+    path = tmp_path / 'input' / 'alpha' / 'a2.jsonl.zst'
+    path.write_bytes(b'not zstd at all')
+    with pytest.raises(ValueError) as raised:
+        prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, SEQ_LEN, eval_samples=0, workers=1)
+    assert str(raised.value).startswith(f'input file {path} is truncated or damaged after line 0: ')

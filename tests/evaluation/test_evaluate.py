@@ -114,6 +114,14 @@ def test_unknown_row_format_is_an_error(tmp_path: Path):
     with pytest.raises(ValueError, match='odd.jsonl line 1: unknown row format'):
         load_tasks(['odd'], tmp_path, None, 0)
 
+def test_a_line_that_is_not_utf8_is_named_by_file_and_line(tmp_path: Path):
+    path = tmp_path / 'latin.jsonl'
+    path.write_bytes(json.dumps(MULTIPLE_CHOICE_ROWS[0]).encode() + b'\n{"query": "Caf\xe9", "choices": ["a", "b"]}\n')
+    # '{"query": "Caf' is 14 bytes: the Latin-1 e-acute is the 15th byte of line 2.
+    with pytest.raises(ValueError) as raised:
+        load_tasks(['latin'], tmp_path, None, 0)
+    assert str(raised.value) == f'{path} line 2: not UTF-8 text (byte 15 of the line: invalid continuation byte)'
+
 
 # Bad input of the command: errors before any model is loaded ------------------------------------------------
 
@@ -151,6 +159,46 @@ def test_existing_output_is_not_overwritten(task_dir: Path, toy_models: list[Pat
     assert run_cli(str(toy_models[0]), '--tasks', 'quiz', '--task-dir', str(task_dir), '--out', str(out)) == 2
     assert 'pass --overwrite to replace' in capsys.readouterr().err
     assert out.read_text() == 'keep'
+
+def test_every_model_is_checked_before_any_is_loaded(
+    task_dir: Path, toy_models: list[Path], tmp_path: Path, capsys, monkeypatch,
+):
+    without_tokenizer = tmp_path / 'no-tokenizer'
+    without_tokenizer.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (without_tokenizer / name).write_bytes((toy_models[1] / name).read_bytes())
+    loaded = []
+    monkeypatch.setattr(AutoModelForCausalLM, 'from_pretrained', lambda folder, **kwargs: loaded.append(folder))
+    out = tmp_path / 'result.json'
+    arguments = [str(toy_models[0]), str(without_tokenizer), '--tasks', 'quiz', '--task-dir', str(task_dir)]
+    assert run_cli(*arguments, '--out', str(out)) == 2
+    assert capsys.readouterr().err == (
+        f'llmshearing evaluate: error: model folder {without_tokenizer}: its tokenizer cannot be loaded (OSError); '
+        "evaluate needs the model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in "
+        'the folder\n'
+    )
+    assert loaded == [] and not out.exists()
+
+
+def test_the_results_of_the_models_before_a_failure_are_kept(
+    task_dir: Path, toy_models: list[Path], tmp_path: Path, capsys,
+):
+    broken = tmp_path / 'broken-weights'
+    broken.mkdir()
+    for path in toy_models[1].iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    (broken / 'model.safetensors').write_bytes(b'not safetensors')
+    out = tmp_path / 'result.json'
+    arguments = [str(toy_models[0]), str(broken), '--tasks', 'quiz', '--task-dir', str(task_dir)]
+    assert run_cli(*arguments, '--out', str(out)) == 2
+    assert capsys.readouterr().err.splitlines()[-1].startswith(  # after the first model's progress bars
+        f'llmshearing evaluate: error: model folder {broken}: its weights cannot be loaded: ',
+    )
+    result = json.loads(out.read_text())
+    assert list(result['models']) == [str(toy_models[0])]
+    assert result['models'][str(toy_models[0])]['tasks']['quiz']['n'] == len(MULTIPLE_CHOICE_ROWS)
+    rows = [json.loads(line) for line in out.with_suffix('.samples.jsonl').read_text().splitlines()]
+    assert [(row['model'], row['row']) for row in rows] == [(str(toy_models[0]), row) for row in range(4)]
 
 
 # Outputs and the independent check --------------------------------------------------------------------------

@@ -87,6 +87,28 @@ def test_a_folder_without_a_checkpoint_is_an_error_naming_it(tmp_path, capsys):
     assert not (tmp_path / 'out').exists()
 
 
+
+@pytest.mark.parametrize(
+    ('content', 'problem'),
+    [
+        (b'{"model_type": "llama"}\n', 'is not a torch.save file (or it is truncated)'),
+        ({'weights': torch.zeros(2)}, 'holds no Composer state with a model'),
+    ],
+)
+def test_a_file_that_is_not_a_checkpoint_is_an_error_naming_it(tmp_path, capsys, content, problem):
+    path = tmp_path / 'model.pt'
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    assert cli.main(['export', str(path), str(tmp_path / 'out')]) == 2
+    message = (
+        f'llmshearing export: error: checkpoint {path} {problem}: expected a Composer checkpoint file (torch.save), '
+        'a sharded checkpoint folder or a save folder\n'
+    )
+    assert capsys.readouterr().err == message
+    assert not (tmp_path / 'out').exists()
+
 def test_both_formats_give_the_domain_weights_the_run_ended_with(save_folders):
     full, sharded = (final_domain_weights(folder) for folder in save_folders.values())
     assert list(full) == DOMAINS

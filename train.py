@@ -9,6 +9,7 @@ import sys
 from llmfoundry.command_utils import train
 
 from llmshearing.preflight import check_train_config, load_train_config
+from llmshearing.tied_embeddings import drop_tied_head_warning
 
 if __name__ == '__main__':
     if len(sys.argv) < 2:
@@ -18,4 +19,5 @@ if __name__ == '__main__':
         check_train_config(config)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f'error: {error}')
+    drop_tied_head_warning()
     train(config)

@@ -1,5 +1,5 @@
 """The teacher is read once: two real ranks (gloo, CPU) build it, rank 1 from a folder without weights, and both end
-with the weights of rank 0's file (tied embeddings tied again, in fp32 and bf16)."""
+with the weights of rank 0's file (tied embeddings tied again, in fp32 and bf16) and rank 0's rotary buffer."""
 
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ def _build_on_rank(rank: int, folders: list[Path], dtype: torch.dtype, output: P
     try:
         teacher = build_teacher(folders[rank], dtype, SimpleNamespace(fsdp_config=None, device=DeviceCPU()))
         tied = teacher.lm_head.weight is teacher.model.embed_tokens.weight
-        torch.save({'state': teacher.state_dict(), 'tied': tied}, output / f'rank{rank}.pt')
+        inv_freq = teacher.model.rotary_emb.inv_freq  # a buffer the state dict leaves out
+        torch.save({'state': teacher.state_dict(), 'tied': tied, 'inv_freq': inv_freq}, output / f'rank{rank}.pt')
     finally:
         torch.distributed.destroy_process_group()
 
@@ -50,10 +51,11 @@ def test_rank_1_never_reads_the_weights_and_both_ranks_hold_the_file(tmp_path, d
     if tied:
         assert 'lm_head.weight' not in expected
         expected['lm_head.weight'] = expected['model.embed_tokens.weight']
-    for rank in range(WORLD_SIZE):
-        built = torch.load(tmp_path / f'rank{rank}.pt')
+    built_on = [torch.load(tmp_path / f'rank{rank}.pt') for rank in range(WORLD_SIZE)]
+    assert torch.equal(built_on[0]['inv_freq'], built_on[1]['inv_freq'])
+    for rank, built in enumerate(built_on):
         assert built['tied'] == tied, rank
-        weights = {name: tensor for name, tensor in built['state'].items() if 'rotary' not in name}
+        weights = built['state']
         assert weights.keys() == expected.keys(), rank
         for name, tensor in expected.items():
             assert torch.equal(weights[name], tensor.to(dtype)), (rank, name)

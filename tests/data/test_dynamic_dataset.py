@@ -422,19 +422,26 @@ def test_dynamic_text_builds_train_and_eval_loaders_from_yaml_settings(data):
 
 
 def _open_descriptors() -> set[str]:
-    return {os.readlink(f'/proc/self/fd/{descriptor}') for descriptor in os.listdir('/proc/self/fd')}
+    """What this process's file descriptors point to (the one that listed them is gone by then)."""
+    targets = set()
+    for descriptor in os.listdir('/proc/self/fd'):
+        try:
+            targets.add(os.readlink(f'/proc/self/fd/{descriptor}'))
+        except FileNotFoundError:
+            pass
+    return targets
 
 
 @pytest.mark.parametrize('dataset_class', [DynamicStreamingDataset, DomainStreamingDataset])
 def test_closing_a_dataset_releases_its_shared_memory(data, dataset_class):
-    descriptors_before, blocks_before = _open_descriptors(), set(os.listdir('/dev/shm'))
+    descriptors_before = _open_descriptors()
     dynamic = dataset_class is DynamicStreamingDataset
     own = {'proportions': list(OLD), 'shuffle_seed': 17} if dynamic else {'split': 'train'}
     settings = {'domains': list(DOMAINS), 'batch_size': BATCH} | own
     with dataset_class(local=str(data), **settings) as dataset:
         next(iter(loader(dataset)))
-        created = set(os.listdir('/dev/shm')) - blocks_before
-        assert created, 'Streaming holds shared memory while the dataset is open'
-        assert {f'/dev/shm/{block}' for block in created} <= _open_descriptors() - descriptors_before
+        blocks = {target for target in _open_descriptors() - descriptors_before if target.startswith('/dev/shm/')}
+        assert len(blocks) >= 5, 'Streaming holds shared memory while the dataset is open'
+        assert all(os.path.exists(block) for block in blocks)
     assert _open_descriptors() <= descriptors_before
-    assert set(os.listdir('/dev/shm')) == blocks_before
+    assert not [block for block in blocks if os.path.exists(block)], 'the blocks this process created are unlinked'

@@ -443,5 +443,5 @@ def test_closing_a_dataset_releases_its_shared_memory(data, dataset_class):
         blocks = {target for target in _open_descriptors() - descriptors_before if target.startswith('/dev/shm/')}
         assert len(blocks) >= 5, 'Streaming holds shared memory while the dataset is open'
         assert all(os.path.exists(block) for block in blocks)
-    assert _open_descriptors() <= descriptors_before
+    assert not blocks & _open_descriptors(), 'the descriptors of the blocks are closed'
     assert not [block for block in blocks if os.path.exists(block)], 'the blocks this process created are unlinked'

@@ -20,6 +20,7 @@ from llmshearing.run_record import (
     pop_run_options,
     prepare_save_folder,
 )
+from llmshearing.tied_embeddings import drop_tied_head_warning
 
 if __name__ == '__main__':
     if len(sys.argv) < 2:
@@ -40,4 +41,5 @@ if __name__ == '__main__':
         if config.get('callbacks') is None:
             config.callbacks = {}
         config.callbacks[CALLBACK_NAME] = {}
+    drop_tied_head_warning()
     train(config)

@@ -43,6 +43,8 @@ from streaming import Stream, StreamingDataset
 from streaming.base.shuffle import get_shuffle
 from streaming.base.util import number_abbrev_to_int
 
+from llmshearing.data.shared_memory import release_shared_memory
+
 log = logging.getLogger(__name__)
 
 DRAW_BLOCK = 1 << 16
@@ -249,7 +251,26 @@ def _remove_if_owner(path: str, owner_pid: int) -> None:
         os.remove(path)
 
 
-class DynamicStreamingDataset(StreamingDataset):
+class ClosableStreamingDataset(StreamingDataset):
+    """A ``StreamingDataset`` that releases its shared memory on ``close()`` or at the end of a ``with`` block.
+
+    Streaming keeps each dataset's shared memory (file descriptors, maps and ``/dev/shm`` blocks) until the
+    process exits, so a process that builds many datasets (a sweep, a notebook) should close each when done
+    with it (and its DataLoaders). The dataset cannot be read after ``close()``.
+    """
+
+    def close(self) -> None:
+        """Release the shared memory (``release_shared_memory``)."""
+        release_shared_memory(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
+
+
+class DynamicStreamingDataset(ClosableStreamingDataset):
     """An endless mix of per-domain MDS streams whose domain proportions can change while it is read.
 
     Yields ``{'input_ids': LongTensor[seq_len], 'domain': int}``. See the module docstring for the sample
@@ -469,7 +490,7 @@ class DynamicStreamingDataset(StreamingDataset):
             yield from orders.sample_ids(domains, draw_numbers).tolist()
 
 
-class DomainStreamingDataset(StreamingDataset):
+class DomainStreamingDataset(ClosableStreamingDataset):
     """Every sample of a split once per epoch, in the same order each epoch, tagged with its domain's index.
 
     Yields ``{'input_ids': LongTensor[seq_len], 'domain': int}``, the domain indexing ``domains``.

@@ -9,10 +9,14 @@ both find the same free number, and the second creation fails with ``FileExistsE
 ``serialize_shm_prefix_registration`` makes each local leader hold a machine-wide file lock from its search to
 its creation, so that processes that import ``llmshearing.data`` never pick the same number. The other ranks
 of a job only attach to the leader's names, and take no lock.
+
+``release_shared_memory`` gives a dataset's names and blocks back before the process exits (what
+``DynamicStreamingDataset.close()`` and ``DomainStreamingDataset.close()`` do), for processes that build many.
 """
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import tempfile
@@ -21,6 +25,9 @@ from typing import Any
 
 import streaming.base.dataset
 from filelock import FileLock
+from streaming import StreamingDataset
+from streaming.base.shared import SharedArray, SharedBarrier, SharedScalar
+from streaming.base.shared.memory import SharedMemory as StreamingSharedMemory
 from streaming.base.world import World
 
 REGISTRATION_LOCK = os.path.join(tempfile.gettempdir(), 'llmshearing_streaming_shm_registration.lock')
@@ -42,3 +49,27 @@ def serialize_shm_prefix_registration() -> None:
     """Make every ``StreamingDataset`` built in this process register its shared memory under the lock."""
     if not getattr(streaming.base.dataset.get_shm_prefix, 'serialized', False):
         streaming.base.dataset.get_shm_prefix = _locked(streaming.base.dataset.get_shm_prefix)
+
+
+def _streaming_shared_memory(dataset: StreamingDataset) -> list[StreamingSharedMemory]:
+    """The shared memory blocks a Streaming dataset holds: its own and those of its shared arrays, scalars and
+    barrier."""
+    found = []
+    pending = list(vars(dataset).values())
+    while pending:
+        value = pending.pop()
+        if isinstance(value, StreamingSharedMemory):
+            found.append(value)
+        elif isinstance(value, (SharedArray, SharedBarrier, SharedScalar)):
+            pending.extend(vars(value).values())
+    return found
+
+
+def release_shared_memory(dataset: StreamingDataset) -> None:
+    """Release what a Streaming dataset holds until the process exits: its claim on its local folders, then its
+    shared memory blocks (closed, and unlinked where this process created them), forgetting Streaming's exit-time
+    clean-up of them. The dataset cannot be read afterwards."""
+    StreamingDataset.__del__(dataset)
+    for memory in _streaming_shared_memory(dataset):
+        memory.cleanup()
+        atexit.unregister(memory.cleanup)

@@ -16,8 +16,10 @@ from typing import Any
 
 import torch
 from composer.core import Algorithm, Event, Precision, State
+from composer.devices import Device
 from composer.distributed import prepare_fsdp_module
 from composer.loggers import Logger
+from composer.utils import dist
 from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 from transformers import (
     AutoConfig,
@@ -92,15 +94,39 @@ def load_teacher(
     return teacher.requires_grad_(False).eval()
 
 
+def reads_teacher_weights() -> bool:
+    """Whether this rank reads the teacher's weights from its folder: only global rank 0 does (as llm-foundry
+    loads the student with ``init_device: mixed``); the other ranks build the teacher on the meta device and
+    receive the weights from rank 0."""
+    return dist.get_global_rank() == 0
+
+
+def share_teacher(teacher: PreTrainedModel, device: Device) -> PreTrainedModel:
+    """The teacher with global rank 0's weights on every rank, on ``device``: the ranks that built it on the
+    meta device allocate it there (empty, with its tied weights tied again), then every parameter and buffer is
+    broadcast from rank 0. For runs without FSDP, where each rank needs the whole teacher."""
+    if any(tensor.is_meta for tensor in [*teacher.parameters(), *teacher.buffers()]):
+        teacher = teacher.to_empty(device=device.tensor_to_device(torch.empty(0)).device)
+        teacher.tie_weights()
+    else:
+        teacher = device.module_to_device(teacher)
+    for tensor in [*teacher.parameters(), *teacher.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+    return teacher
+
+
 def shard_teacher(teacher: PreTrainedModel, state: State) -> torch.nn.Module:
     """Wrap ``teacher`` with FSDP the way Composer wraps the student (llm-foundry's wrap policy, the run's
-    ``fsdp_config`` and precision), without activation checkpointing: the teacher never runs a backward.
+    ``fsdp_config`` and precision), without activation checkpointing: the teacher never runs a backward. With
+    ``sync_module_states`` on, so that ranks holding the teacher on the meta device get rank 0's weights.
 
     Returns the module holding the wrapped teacher under ``.teacher``.
     """
     prepare_hf_model_for_fsdp(teacher, init_device=None)
     holder = torch.nn.ModuleDict({'teacher': teacher})
-    fsdp_config = dataclasses.replace(state.fsdp_config, activation_checkpointing=False, activation_cpu_offload=False)
+    fsdp_config = dataclasses.replace(
+        state.fsdp_config, activation_checkpointing=False, activation_cpu_offload=False, sync_module_states=True,
+    )
     prepare_fsdp_module(holder, None, fsdp_config, state.precision, state.device)
     return holder
 
@@ -110,6 +136,16 @@ def teacher_logits(teacher: torch.nn.Module, batch: Mapping[str, Any]) -> torch.
     """The teacher's logits on the batch's inputs, under ``torch.no_grad``."""
     inputs = {key: batch[key] for key in TEACHER_INPUTS if key in batch}
     return teacher(**inputs, use_cache=False).logits
+
+
+def build_teacher(folder: str | Path, dtype: torch.dtype, state: State) -> torch.nn.Module:
+    """The run's teacher, read from ``folder`` by global rank 0 only (``reads_teacher_weights``), on the run's
+    device on every rank: sharded like the student under FSDP (``shard_teacher``), else whole on each rank
+    (``share_teacher``)."""
+    teacher = load_teacher(folder, dtype, device='cpu' if reads_teacher_weights() else 'meta')
+    if state.fsdp_config is not None:
+        return shard_teacher(teacher, state).teacher
+    return share_teacher(teacher, state.device)
 
 
 def distill_loss(
@@ -185,11 +221,7 @@ class Distillation(Algorithm):
         if event == Event.INIT:
             student = state.model.model
             check_teacher_matches(self.teacher_folder, student.config, state.model.tokenizer)
-            teacher = load_teacher(self.teacher_folder, TEACHER_DTYPES[forward_precision(state)])
-            if state.fsdp_config is not None:
-                self.teacher = shard_teacher(teacher, state).teacher
-            else:
-                self.teacher = state.device.module_to_device(teacher)
+            self.teacher = build_teacher(self.teacher_folder, TEACHER_DTYPES[forward_precision(state)], state)
             log.info('Distilling from %s (alpha %s, temperature %s)', self.teacher_folder, self.alpha, self.temperature)
         elif event == Event.BEFORE_BACKWARD:
             with forward_precision_context(state):

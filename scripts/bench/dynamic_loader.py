@@ -31,6 +31,7 @@ from torch.utils.data import DataLoader
 from llmshearing.data import DynamicStreamingDataset
 from llmshearing.data.dataloader import collate_domain_batch
 from llmshearing.data.dynamic_dataset import token_example
+from llmshearing.data.shared_memory import release_shared_memory
 from scripts.bench.quick import parse_args
 
 DOMAINS = ('arxiv', 'book', 'c4', 'cc', 'github', 'stackexchange', 'wiki')
@@ -91,7 +92,9 @@ def throughput(root: Path, samples_per_domain: int, batch_size: int, num_batches
             f'stock {statistics.median(rates["stock"]):,.0f} samples/s (medians); dynamic / stock: median '
             f'{statistics.median(ratios):.2f} of rounds {", ".join(f"{ratio:.2f}" for ratio in ratios)}',
         )
-        del loaders, dynamic, stock
+        del loaders
+        dynamic.close()
+        release_shared_memory(stock)
 
 
 def state_sizes(root: Path) -> None:
@@ -111,6 +114,7 @@ def state_sizes(root: Path) -> None:
             f'state after {planned:>9,} samples (epoch {state["epoch"]}, {len(state["schedule"])} schedule entries): '
             f'{len(pickle.dumps(state))} bytes pickled',
         )
+    dataset.close()
 
 
 def main() -> None:

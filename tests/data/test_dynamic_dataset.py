@@ -271,10 +271,17 @@ def test_set_proportions_without_samples_seen_applies_after_the_batches_yielded(
 
 
 def test_a_change_that_workers_may_already_have_passed_is_an_error(data):
+    """The change starts at batch 5 once batch 5 has arrived: the worker that drew it (worker 1 of 2) has passed
+    the change's start whatever the load, and fails when it draws its next batch."""
     dataset = dynamic_dataset(data, lookahead_batches=0)
+    batches = endless(loader(dataset, num_workers=2, persistent_workers=True))
+    for _ in range(6):
+        next(batches)
+    dataset.set_proportions(NEW, samples_seen=5 * dataset.global_batch_size)
     message = 'reached a DataLoader worker that had already drawn the domains up to sample'
     with pytest.raises(RuntimeError, match=message):
-        read_with_change(loader(dataset, num_workers=2, persistent_workers=True), dataset, {5: NEW}, 20)
+        for _ in range(20):
+            next(batches)
 
 
 def test_remote_shards_are_cached_locally_and_read_the_same(data, tmp_path):
@@ -412,3 +419,29 @@ def test_dynamic_text_builds_train_and_eval_loaders_from_yaml_settings(data):
     eval_batches = list(evaluation.dataloader)
     assert [len(batch['domain']) for batch in eval_batches] == [4, 4, 4, 3]
     assert sorted(codes(eval_batches)) == sorted(code(domain, index) for domain in range(3) for index in range(5))
+
+
+def _open_descriptors() -> set[str]:
+    """What this process's file descriptors point to (the one that listed them is gone by then)."""
+    targets = set()
+    for descriptor in os.listdir('/proc/self/fd'):
+        try:
+            targets.add(os.readlink(f'/proc/self/fd/{descriptor}'))
+        except FileNotFoundError:
+            pass
+    return targets
+
+
+@pytest.mark.parametrize('dataset_class', [DynamicStreamingDataset, DomainStreamingDataset])
+def test_closing_a_dataset_releases_its_shared_memory(data, dataset_class):
+    descriptors_before = _open_descriptors()
+    dynamic = dataset_class is DynamicStreamingDataset
+    own = {'proportions': list(OLD), 'shuffle_seed': 17} if dynamic else {'split': 'train'}
+    settings = {'domains': list(DOMAINS), 'batch_size': BATCH} | own
+    with dataset_class(local=str(data), **settings) as dataset:
+        next(iter(loader(dataset)))
+        blocks = {target for target in _open_descriptors() - descriptors_before if target.startswith('/dev/shm/')}
+        assert len(blocks) >= 5, 'Streaming holds shared memory while the dataset is open'
+        assert all(os.path.exists(block) for block in blocks)
+    assert not blocks & _open_descriptors(), 'the descriptors of the blocks are closed'
+    assert not [block for block in blocks if os.path.exists(block)], 'the blocks this process created are unlinked'

@@ -234,7 +234,7 @@ def test_the_teacher_is_wrapped_for_fsdp_like_the_student(toy, tmp_path, monkeyp
     [(module, optimizers, fsdp_config, precision, device)] = wrapped_calls
     assert module is holder and holder.teacher is teacher and optimizers is None
     assert (precision, device) == (Precision.AMP_BF16, 'cpu')
-    assert fsdp_config == dataclasses.replace(run_fsdp_config, activation_checkpointing=False)
+    assert fsdp_config == dataclasses.replace(run_fsdp_config, activation_checkpointing=False, sync_module_states=True)
 
     def wrapped(composer_child: torch.nn.Module) -> list[str]:
         """The modules Composer's policy wraps in each child of the module it is given (``_fsdp_wrap`` first)."""

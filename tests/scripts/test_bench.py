@@ -32,6 +32,11 @@ FIGURES = {
         rf'^measured / predicted with the KD loss, .*: {NUMBER}$',
         rf'^kd_loss \(chunked\) peak / LM loss peak: {NUMBER}$',
     ],
+    'teacher_memory': [
+        rf'^every rank reads the file: rank 0 peak {NUMBER} MiB \({NUMBER} × teacher\), rank 1 peak {NUMBER} MiB',
+        rf'^rank 0 reads, rank 1 receives: rank 0 peak {NUMBER} MiB \({NUMBER} × teacher\), rank 1 peak {NUMBER} MiB',
+        rf'^rank 1 peak / teacher bytes: every rank reads {NUMBER}, rank 0 reads {NUMBER}; ',
+    ],
     'dynamic_loader': [
         rf'^num_workers=0: dynamic {NUMBER} samples/s, stock {NUMBER} samples/s .* median {NUMBER} of rounds',
         rf'^num_workers=2: dynamic {NUMBER} samples/s, stock {NUMBER} samples/s .* median {NUMBER} of rounds',

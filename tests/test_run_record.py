@@ -19,7 +19,7 @@ from llmshearing.run_record import (
     pop_run_options,
     prepare_save_folder,
 )
-from llmshearing.toy import save_toy_model, write_token_shards
+from llmshearing.toy import save_toy_model, write_random_domain_data
 from tests.paths import REPO
 
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
@@ -30,8 +30,8 @@ TINY_CONTINUED_PRETRAINING = REPO / 'yamls' / 'tiny' / 'continued_pretraining.ya
 def assets(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('run-record')
     save_toy_model(root / 'source')
-    write_token_shards(root / 'data' / 'train', [[3, 4, 5, 6]])
-    write_token_shards(root / 'data' / 'eval', [[3, 4, 5, 6]])
+    # The tiny recipe's domains, and the long one of test_long_values_are_shortened.
+    write_random_domain_data(root / 'data', ['code', 'reference', 'docs', 'a' * 50], 4, 2, 8)
     return root
 
 

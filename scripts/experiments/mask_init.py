@@ -42,6 +42,7 @@ from scripts.experiments.common import (
     StageLedger,
     TrainingRun,
     check_empty,
+    continued_run,
     curves_as_lists,
     evaluate,
     experiment_parser,
@@ -51,6 +52,7 @@ from scripts.experiments.common import (
     plot_loss_against_tokens,
     prepare_domains,
     print_report,
+    pruning_run,
     reference_override,
     run_llmshearing,
     runs_curve,
@@ -61,12 +63,13 @@ from scripts.experiments.common import (
 from scripts.experiments.real_model import FULL as REAL_MODEL_FULL
 from scripts.experiments.real_model import (
     PRETRAINED_LEARNING_RATE,
+    TARGETS,
     RealModelSettings,
     ShearingInit,
-    continued_stage,
     prune_oneshot_command,
-    pruning_stage,
 )
+
+TARGET = TARGETS['narrow']
 
 INITS = {
     'uniform 0.5 (CoFiPruning)': ShearingInit('uniform', 0.5),
@@ -83,6 +86,28 @@ QUICK = dataclasses.replace(
 )
 CONSTANT_MIX = ('callbacks.dynamic_loading.update=constant',)
 
+
+
+def pruning_stage(
+    settings: RealModelSettings, data_dir: Path, source: Path, run_dir: Path, seed: int, mix: Sequence[float],
+    reference: str, init_overrides: Sequence[str], label: str,
+) -> TrainingRun:
+    """Pruning S to the narrow target with doremi domain weights (fp32), masks starting as ``init_overrides`` say."""
+    return pruning_run(
+        settings, f'pruning ({label}, seed {seed})', source, data_dir, run_dir, seed, mix, TARGET.shape,
+        (f'optimizer.lr={PRETRAINED_LEARNING_RATE}', *init_overrides, reference),
+    )
+
+
+def continued_stage(
+    settings: RealModelSettings, data_dir: Path, model: Path, output_dir: Path, batches: int, seed: int,
+    mix: Sequence[float], reference: str, label: str,
+) -> TrainingRun:
+    """Continued pre-training of ``model`` (fp32) from ``mix``."""
+    return continued_run(
+        settings, f'continued pre-training ({label}, seed {seed})', model, data_dir, output_dir, batches, seed, mix,
+        (f'optimizer.lr={PRETRAINED_LEARNING_RATE}', reference),
+    )
 
 def train_lm_loss(run: TrainingRun) -> tuple[list[int], list[float]]:
     """The LM part of the training loss at every batch of a pruning run (without the Lagrangian), batches counted
@@ -153,7 +178,7 @@ def run_experiment(output_dir: Path, settings: RealModelSettings, seed: int, com
     reference = reference_override(source_losses['losses'])
 
     oneshot_dir = output_dir / 'oneshot' / 'pruned'
-    oneshot_arguments = prune_oneshot_command(settings, source, data_dir, oneshot_dir)
+    oneshot_arguments = prune_oneshot_command(settings, TARGET, source, data_dir, oneshot_dir)
     ledger.run('prune-oneshot (activation)', 0, lambda: run_llmshearing(oneshot_arguments), oneshot_dir)
     importance_file = oneshot_dir / 'importance.json'
     stage_commands = [shlex.join(['llmshearing', *oneshot_arguments])]

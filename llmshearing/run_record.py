@@ -24,8 +24,9 @@ from llmfoundry.command_utils import TrainConfig
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from llmshearing.checkpoints import CALLBACK_NAME, LATEST_NAME, repair_checkpoint_folder
+from llmshearing.checkpoints import CALLBACK_NAME, repair_checkpoint_folder
 from llmshearing.preflight import FINETUNING_LOADER
+from llmshearing.pruning.export import LATEST_MONOLITHIC, latest_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def check_not_finished(train_config: TrainConfig) -> None:
     save_folder, max_duration = train_config.save_folder, train_config.max_duration
     if not train_config.autoresume or save_folder is None or '://' in save_folder or not isinstance(max_duration, str):
         return
-    latest = Path(save_folder) / LATEST_NAME
+    latest = Path(save_folder) / LATEST_MONOLITHIC
     duration = Time.from_timestring(max_duration)
     if duration.unit == TimeUnit.DURATION or not latest.is_file():
         return
@@ -201,16 +202,18 @@ def check_not_finished(train_config: TrainConfig) -> None:
 
 
 def prepare_save_folder(config: DictConfig, train_config: TrainConfig, accept_changed_run: bool = False) -> None:
-    """Before a run, on global rank 0: make the save folder safe to resume (``repair_checkpoint_folder``), then
-    check its run record against ``config``'s, or write it when there is nothing to continue. Errors are
-    ``ValueError`` naming the folder and what differs. Remote save folders are left to Composer."""
+    """Before a run, on global rank 0: make the save folder safe to resume (``repair_checkpoint_folder``), then,
+    when autoresume has a latest checkpoint to continue (monolithic or sharded, ``latest_checkpoints``), check its
+    run record against ``config``'s, or else write it. Errors are ``ValueError`` naming the folder and what differs.
+    Remote save folders are left to Composer."""
     save_folder = train_config.save_folder
     if save_folder is None or '://' in save_folder:
         return
     folder = Path(save_folder)
     record = run_record(config)
-    checkpoint = repair_checkpoint_folder(folder) if train_config.autoresume else None
-    if checkpoint is None:
-        _write_record(folder, record)
-    else:
+    if train_config.autoresume:
+        repair_checkpoint_folder(folder)
+    if train_config.autoresume and latest_checkpoints(folder):
         _check_record(folder, record, accept_changed_run)
+    else:
+        _write_record(folder, record)

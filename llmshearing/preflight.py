@@ -231,15 +231,20 @@ def _check_data(train_config: TrainConfig) -> None:
             _require_path(f'{key}.dataset.local', dataset.get('local') or './missing-dataset-local')
 
 
+def local_save_folder(train_config: TrainConfig) -> Path | None:
+    """The run's save folder when it is on this machine; None when the run saves nowhere or to remote storage."""
+    save_folder = train_config.save_folder
+    return None if save_folder is None or '://' in save_folder else Path(save_folder)
+
+
 def _check_checkpoints(train_config: TrainConfig) -> None:
     if train_config.load_path is not None:
         _require_path('load_path', train_config.load_path)
-    save_folder = train_config.save_folder
-    if save_folder is None or '://' in save_folder:
+    folder = local_save_folder(train_config)
+    if folder is None:
         return
     # Without autoresume Composer would only find the clash with the folder's checkpoints when it starts
     # fitting, after the model has loaded.
-    folder = Path(save_folder)
     if folder.is_dir() and any(folder.iterdir()) and not (train_config.save_overwrite or train_config.autoresume):
         raise FileExistsError(
             f'save_folder: {folder} already holds files; set autoresume=true to continue that run '

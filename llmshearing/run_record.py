@@ -25,7 +25,7 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
 from llmshearing.checkpoints import CALLBACK_NAME, repair_checkpoint_folder
-from llmshearing.preflight import FINETUNING_LOADER
+from llmshearing.preflight import FINETUNING_LOADER, local_save_folder
 from llmshearing.pruning.export import LATEST_MONOLITHIC, latest_checkpoints
 
 log = logging.getLogger(__name__)
@@ -184,10 +184,10 @@ def _elapsed(checkpoint: Path) -> Timestamp:
 def check_not_finished(train_config: TrainConfig) -> None:
     """Raise ``RunFinished`` when autoresume would load a checkpoint at or past ``max_duration`` (Composer would
     stop with "max_duration is less than elapsed"). Read-only, so every rank can run it."""
-    save_folder, max_duration = train_config.save_folder, train_config.max_duration
-    if not train_config.autoresume or save_folder is None or '://' in save_folder or not isinstance(max_duration, str):
+    folder, max_duration = local_save_folder(train_config), train_config.max_duration
+    if not train_config.autoresume or folder is None or not isinstance(max_duration, str):
         return
-    latest = Path(save_folder) / LATEST_MONOLITHIC
+    latest = folder / LATEST_MONOLITHIC
     duration = Time.from_timestring(max_duration)
     if duration.unit == TimeUnit.DURATION or not latest.is_file():
         return
@@ -195,7 +195,7 @@ def check_not_finished(train_config: TrainConfig) -> None:
     elapsed = _elapsed(checkpoint).get(duration.unit)
     if elapsed >= duration:
         raise RunFinished(
-            f'the run in {save_folder} is finished: its newest checkpoint {checkpoint.name} is at '
+            f'the run in {train_config.save_folder} is finished: its newest checkpoint {checkpoint.name} is at '
             f'{elapsed.to_timestring()} of max_duration {max_duration}; nothing to train. Raise max_duration to '
             'train further, or use a new save_folder to start over',
         )
@@ -206,10 +206,9 @@ def prepare_save_folder(config: DictConfig, train_config: TrainConfig, accept_ch
     when autoresume has a latest checkpoint to continue (monolithic or sharded, ``latest_checkpoints``), check its
     run record against ``config``'s, or else write it. Errors are ``ValueError`` naming the folder and what differs.
     Remote save folders are left to Composer."""
-    save_folder = train_config.save_folder
-    if save_folder is None or '://' in save_folder:
+    folder = local_save_folder(train_config)
+    if folder is None:
         return
-    folder = Path(save_folder)
     record = run_record(config)
     if train_config.autoresume:
         repair_checkpoint_folder(folder)

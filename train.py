@@ -6,13 +6,13 @@ resume (partial or damaged checkpoints moved aside, the run record compared: llm
 run that saves locally writes a sha256 next to each checkpoint (llmshearing/checkpoints.py).
 """
 
-import os
 import sys
 
+from composer.utils import dist
 from llmfoundry.command_utils import train
 
 from llmshearing.checkpoints import CALLBACK_NAME
-from llmshearing.preflight import check_train_config, load_train_config
+from llmshearing.preflight import check_train_config, load_train_config, local_save_folder
 from llmshearing.run_record import (
     ACCEPT_CHANGED_RUN,
     RunFinished,
@@ -29,7 +29,7 @@ if __name__ == '__main__':
         config = load_train_config(sys.argv[1], sys.argv[2:])
         options = pop_run_options(config)
         train_config = check_train_config(config)
-        if int(os.environ.get('RANK', '0')) == 0:
+        if dist.get_global_rank() == 0:
             prepare_save_folder(config, train_config, accept_changed_run=bool(options.get(ACCEPT_CHANGED_RUN)))
         check_not_finished(train_config)
     except RunFinished as finished:
@@ -37,7 +37,7 @@ if __name__ == '__main__':
         sys.exit(0)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         sys.exit(f'error: {error}')
-    if train_config.save_folder is not None and '://' not in train_config.save_folder:
+    if local_save_folder(train_config) is not None:
         if config.get('callbacks') is None:
             config.callbacks = {}
         config.callbacks[CALLBACK_NAME] = {}

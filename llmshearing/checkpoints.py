@@ -12,7 +12,8 @@ passes its check, moves every newer one aside into ``incomplete/`` (named in the
 checksum) is checked against the CRC-32 of every entry of its zip archive, which ``torch.save`` writes.
 
 Covered: monolithic checkpoints in a local save folder, under Composer's default names. Sharded (FSDP state-dict)
-checkpoints are folders of per-rank files and are neither hashed nor checked.
+checkpoints are folders of per-rank files and are neither hashed nor checked; checkpoints under another
+``save_filename`` are not checked, and ``latest`` is then left as Composer wrote it.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from composer.core import Callback, State
 from composer.loggers import Logger
 from llmfoundry.registry import callbacks
 
+from llmshearing.pruning.export import LATEST_MONOLITHIC
+
 log = logging.getLogger(__name__)
 
 CHECKSUM_SUFFIX = '.sha256'
 INCOMPLETE_FOLDER = 'incomplete'
 """Where checkpoints that fail their check are moved, inside the save folder."""
-LATEST_NAME = 'latest-rank0.pt'
-"""Composer's ``latest`` symlink of rank 0 (llm-foundry's default ``save_latest_filename``)."""
 CHECKPOINT_NAME = re.compile(r'^ep(?P<epoch>\d+)-ba(?P<batch>\d+)-rank0\.pt$')
 """Rank 0's monolithic checkpoint under llm-foundry's default ``save_filename``."""
 CALLBACK_NAME = 'checkpoint_checksums'
@@ -113,13 +114,14 @@ def _move_aside(checkpoint: Path, problem: str) -> Path:
 
 
 def repair_checkpoint_folder(folder: Path) -> Path | None:
-    """The checkpoint a resume in ``folder`` will load: the newest one that passes ``checkpoint_problem``, with
-    ``latest-rank0.pt`` pointing at it; every newer file is moved to ``folder/incomplete/``. None when the folder
-    holds no checkpoint (or only partial ones, moved aside: the run starts over). A checkpoint that once was whole (it
-    has a sha256) and fails with no older one to fall back on is an error naming it, and stays where it is."""
+    """The newest checkpoint in ``folder`` that passes ``checkpoint_problem``; every newer file is moved to
+    ``folder/incomplete/`` and, when files were moved, ``latest-rank0.pt`` points at it (or is removed: only partial
+    ones, the run starts over). None when the folder holds no checkpoint under the default names. A checkpoint that
+    once was whole (it has a sha256) and fails with no older one to fall back on is an error naming it, and stays
+    where it is."""
     if not folder.is_dir():
         return None
-    latest = folder / LATEST_NAME
+    latest = folder / LATEST_MONOLITHIC
     failed: list[tuple[Path, str]] = []
     for checkpoint in _checkpoints_newest_first(folder):
         problem = checkpoint_problem(checkpoint)
@@ -136,6 +138,8 @@ def repair_checkpoint_folder(folder: Path) -> Path | None:
             )
     for path, problem in failed:
         _move_aside(path, problem)
+    if not failed:
+        return checkpoint
     if checkpoint is None:
         latest.unlink(missing_ok=True)
         return None
@@ -148,18 +152,24 @@ def repair_checkpoint_folder(folder: Path) -> Path | None:
 
 class _ChecksumWriter(Callback):
     """Hash each checkpoint Composer's ``CheckpointSaver`` has saved in this process (replacing the sidecar of a
-    file that ``save_overwrite`` replaced)."""
+    file that ``save_overwrite`` replaced), and delete the sidecar of one it has rotated away
+    (``save_num_checkpoints_to_keep``)."""
 
     def __init__(self) -> None:
         self._hashed: set[str] = set()
 
     def _write_new_checksums(self, state: State) -> None:
-        for saver in (callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)):
-            for saved in saver.saved_checkpoints:
-                path = Path(saved)
-                if saved not in self._hashed and path.is_file() and CHECKPOINT_NAME.match(path.name):
-                    write_checksum(path)
-                    self._hashed.add(saved)
+        savers = [callback for callback in state.callbacks if isinstance(callback, CheckpointSaver)]
+        saved_checkpoints = [saved for saver in savers for saved in saver.saved_checkpoints]
+        for rotated in self._hashed.difference(saved_checkpoints):
+            if not Path(rotated).exists():
+                checksum_path(Path(rotated)).unlink(missing_ok=True)
+            self._hashed.discard(rotated)
+        for saved in saved_checkpoints:
+            path = Path(saved)
+            if saved not in self._hashed and path.is_file() and CHECKPOINT_NAME.match(path.name):
+                write_checksum(path)
+                self._hashed.add(saved)
 
     def batch_checkpoint(self, state: State, logger: Logger) -> None:
         self._write_new_checksums(state)

@@ -14,7 +14,7 @@ from llmfoundry.command_utils import TRAIN_CONFIG_KEYS, TrainConfig
 from llmfoundry.utils.config_utils import make_dataclass_and_log_config
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
-from transformers import AutoConfig, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 
 from llmshearing.callbacks.dynamic_loading import DynamicLoading
 from llmshearing.cpu_autocast import with_cpu_autocast
@@ -56,14 +56,18 @@ def _require_path(key: str, value: Any) -> None:
         raise FileNotFoundError(f'{key}: {value} does not exist')
 
 
-def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
+def _check_model_and_tokenizer(train_config: TrainConfig) -> PretrainedConfig | None:
+    """Check the model and tokenizer paths, their vocabularies, the pruning target and the distillation teacher
+    against the model; return the model's config, or None when the model is not local (only the paths are checked)."""
     model_path = train_config.model.get('pretrained_model_name_or_path')
     tokenizer_name = train_config.tokenizer.get('name')
     _require_path('model.pretrained_model_name_or_path', model_path)
     _require_path('tokenizer.name', tokenizer_name)
-    if not (isinstance(model_path, str) and _looks_local(model_path) and isinstance(tokenizer_name, str)):
-        return
+    if not (isinstance(model_path, str) and _looks_local(model_path)):
+        return None
     model_config = AutoConfig.from_pretrained(model_path)
+    if not isinstance(tokenizer_name, str):
+        return model_config
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_name, **train_config.tokenizer.get('kwargs', {}))
     if len(tokenizer) > model_config.vocab_size:
         raise ValueError(
@@ -84,23 +88,28 @@ def _check_model_and_tokenizer(train_config: TrainConfig) -> None:
     distillation = (train_config.algorithms or {}).get('distillation')
     if distillation is not None:
         check_teacher_matches(distillation['teacher'], model_config, tokenizer)
+    return model_config
 
 
-ALGORITHMS = {'shearing': Shearing, 'distillation': Distillation}
-"""The algorithms of this package, by their ``algorithms.<name>`` key."""
+CHECKED_SETTINGS = {
+    ('algorithms', 'shearing'): Shearing,
+    ('algorithms', 'distillation'): Distillation,
+    ('callbacks', 'dynamic_loading'): DynamicLoading,
+}
+"""This package's algorithms and callback, by their config section and key, built from their settings at preflight."""
 
 
-def _check_algorithm_settings(train_config: TrainConfig) -> None:
-    """Build each of this package's algorithms from its settings: the algorithm's own checks, before the model
-    loads; a key that is not a setting is named."""
-    for name, algorithm in ALGORITHMS.items():
-        settings = (train_config.algorithms or {}).get(name)
+def _check_algorithm_and_callback_settings(train_config: TrainConfig) -> None:
+    """Build each of this package's algorithms and its callback from its settings (``CHECKED_SETTINGS``): their own
+    checks, before the model loads; a key that is not a setting is named."""
+    for (section, name), component in CHECKED_SETTINGS.items():
+        settings = (getattr(train_config, section) or {}).get(name)
         if settings is None:
             continue
-        _check_keys(f'algorithms.{name}', settings, algorithm)
+        _check_keys(f'{section}.{name}', settings, component)
         if name == 'distillation' and settings.get('teacher') is None:
             raise ValueError('algorithms.distillation.teacher is required: the folder of the teacher HF model')
-        algorithm(**settings)
+        component(**settings)
 
 
 def _check_keys(key: str, settings: Mapping[str, Any], function: Callable, given: tuple[str, ...] = ()) -> None:
@@ -112,15 +121,6 @@ def _check_keys(key: str, settings: Mapping[str, Any], function: Callable, given
             raise ValueError(f'{key}.{name} is not a setting; the settings are {", ".join(parameters)}')
 
 
-def _check_dynamic_loading_settings(train_config: TrainConfig) -> None:
-    """Build the ``dynamic_loading`` callback from its settings (its own checks); a key that is not a setting is
-    named."""
-    settings = (train_config.callbacks or {}).get('dynamic_loading')
-    if settings is not None:
-        _check_keys('callbacks.dynamic_loading', settings, DynamicLoading)
-        DynamicLoading(**settings)
-
-
 DYNAMIC_TEXT_LOADER = 'dynamic_text'
 """This package's loader of multi-domain token data (``llmshearing.data.dataloader``)."""
 LOADER_GIVEN = ('tokenizer', 'device_batch_size')
@@ -129,9 +129,14 @@ DATASET_GIVEN = ('batch_size', 'lookahead_batches')
 """The parameters of the datasets that the loader passes, not the ``dataset`` settings."""
 
 
-def _dynamic_text_loaders(train_config: TrainConfig) -> dict[str, Mapping[str, Any]]:
+def _loaders(train_config: TrainConfig) -> dict[str, Mapping[str, Any]]:
+    """The run's data loaders by key: ``train_loader``, and ``eval_loader`` when it is set."""
     loaders = {'train_loader': train_config.train_loader, 'eval_loader': train_config.eval_loader}
-    return {key: loader for key, loader in loaders.items() if (loader or {}).get('name') == DYNAMIC_TEXT_LOADER}
+    return {key: loader for key, loader in loaders.items() if loader is not None}
+
+
+def _dynamic_text_loaders(train_config: TrainConfig) -> dict[str, Mapping[str, Any]]:
+    return {key: loader for key, loader in _loaders(train_config).items() if loader.get('name') == DYNAMIC_TEXT_LOADER}
 
 
 def _check_dynamic_text_loaders(train_config: TrainConfig) -> None:
@@ -158,13 +163,12 @@ MANIFEST = 'manifest.json'
 """The file ``prepare-data`` writes beside the splits, recording the tokenizer's ``vocab_size``."""
 
 
-def _check_data_vocabulary(train_config: TrainConfig) -> None:
+def _check_data_vocabulary(train_config: TrainConfig, model_config: PretrainedConfig | None) -> None:
     """The vocabulary that each ``dynamic_text`` loader's data was tokenized with, read from its manifest, must fit
-    the model's ``vocab_size``; without a manifest that records it, the check is skipped (and the log says so)."""
-    model_path = train_config.model.get('pretrained_model_name_or_path')
-    if not (isinstance(model_path, str) and _looks_local(model_path)):
+    the model's ``vocab_size`` (``model_config``, None when the model is not local: not checked); without a manifest
+    that records it, the check is skipped (and the log says so)."""
+    if model_config is None:
         return
-    model_vocab_size = None
     for key, loader in _dynamic_text_loaders(train_config).items():
         local = (loader.get('dataset') or {}).get('local')
         if local is None:
@@ -176,13 +180,11 @@ def _check_data_vocabulary(train_config: TrainConfig) -> None:
             log.warning('%s.dataset.local: %s records no vocabulary size: the data\'s token ids are not checked '
                         'against the model\'s vocab_size', key, manifest_path)
             continue
-        if model_vocab_size is None:
-            model_vocab_size = AutoConfig.from_pretrained(model_path).vocab_size
-        if data_vocab_size > model_vocab_size:
+        if data_vocab_size > model_config.vocab_size:
             raise ValueError(
                 f'{key}.dataset.local: {local} was tokenized with a vocabulary of {data_vocab_size} tokens '
                 f'({manifest_path}), more than the vocab_size of model.pretrained_model_name_or_path '
-                f'({model_vocab_size}): prepare the data with the model\'s tokenizer',
+                f'({model_config.vocab_size}): prepare the data with the model\'s tokenizer',
             )
 
 
@@ -217,10 +219,7 @@ def _local_files(data_files: Any) -> list[str]:
 
 
 def _check_data(train_config: TrainConfig) -> None:
-    loaders = {'train_loader': train_config.train_loader}
-    if train_config.eval_loader is not None:
-        loaders['eval_loader'] = train_config.eval_loader
-    for key, loader in loaders.items():
+    for key, loader in _loaders(train_config).items():
         dataset = loader.get('dataset', {})
         if dataset.get('hf_name') is not None:  # a finetuning loader on a Hugging Face dataset or local files
             _require_path(f'{key}.dataset.hf_name', dataset['hf_name'])
@@ -231,15 +230,20 @@ def _check_data(train_config: TrainConfig) -> None:
             _require_path(f'{key}.dataset.local', dataset.get('local') or './missing-dataset-local')
 
 
+def local_save_folder(train_config: TrainConfig) -> Path | None:
+    """The run's save folder when it is on this machine; None when the run saves nowhere or to remote storage."""
+    save_folder = train_config.save_folder
+    return None if save_folder is None or '://' in save_folder else Path(save_folder)
+
+
 def _check_checkpoints(train_config: TrainConfig) -> None:
     if train_config.load_path is not None:
         _require_path('load_path', train_config.load_path)
-    save_folder = train_config.save_folder
-    if save_folder is None or '://' in save_folder:
+    folder = local_save_folder(train_config)
+    if folder is None:
         return
     # Without autoresume Composer would only find the clash with the folder's checkpoints when it starts
     # fitting, after the model has loaded.
-    folder = Path(save_folder)
     if folder.is_dir() and any(folder.iterdir()) and not (train_config.save_overwrite or train_config.autoresume):
         raise FileExistsError(
             f'save_folder: {folder} already holds files; set autoresume=true to continue that run '
@@ -254,11 +258,10 @@ def check_train_config(config: DictConfig) -> TrainConfig:
     the data's vocabulary against the model's."""
     _, train_config = make_dataclass_and_log_config(config, TrainConfig, TRAIN_CONFIG_KEYS, transforms='all')
     _check_instruction_tuning(train_config)
-    _check_algorithm_settings(train_config)
-    _check_dynamic_loading_settings(train_config)
-    _check_model_and_tokenizer(train_config)
+    _check_algorithm_and_callback_settings(train_config)
+    model_config = _check_model_and_tokenizer(train_config)
     _check_data(train_config)
     _check_dynamic_text_loaders(train_config)
-    _check_data_vocabulary(train_config)
+    _check_data_vocabulary(train_config, model_config)
     _check_checkpoints(train_config)
     return train_config

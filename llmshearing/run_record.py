@@ -24,8 +24,9 @@ from llmfoundry.command_utils import TrainConfig
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from llmshearing.checkpoints import CALLBACK_NAME, LATEST_NAME, repair_checkpoint_folder
-from llmshearing.preflight import FINETUNING_LOADER
+from llmshearing.checkpoints import CALLBACK_NAME, repair_checkpoint_folder
+from llmshearing.preflight import FINETUNING_LOADER, local_save_folder
+from llmshearing.pruning.export import LATEST_MONOLITHIC, latest_checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +184,10 @@ def _elapsed(checkpoint: Path) -> Timestamp:
 def check_not_finished(train_config: TrainConfig) -> None:
     """Raise ``RunFinished`` when autoresume would load a checkpoint at or past ``max_duration`` (Composer would
     stop with "max_duration is less than elapsed"). Read-only, so every rank can run it."""
-    save_folder, max_duration = train_config.save_folder, train_config.max_duration
-    if not train_config.autoresume or save_folder is None or '://' in save_folder or not isinstance(max_duration, str):
+    folder, max_duration = local_save_folder(train_config), train_config.max_duration
+    if not train_config.autoresume or folder is None or not isinstance(max_duration, str):
         return
-    latest = Path(save_folder) / LATEST_NAME
+    latest = folder / LATEST_MONOLITHIC
     duration = Time.from_timestring(max_duration)
     if duration.unit == TimeUnit.DURATION or not latest.is_file():
         return
@@ -194,23 +195,24 @@ def check_not_finished(train_config: TrainConfig) -> None:
     elapsed = _elapsed(checkpoint).get(duration.unit)
     if elapsed >= duration:
         raise RunFinished(
-            f'the run in {save_folder} is finished: its newest checkpoint {checkpoint.name} is at '
+            f'the run in {train_config.save_folder} is finished: its newest checkpoint {checkpoint.name} is at '
             f'{elapsed.to_timestring()} of max_duration {max_duration}; nothing to train. Raise max_duration to '
             'train further, or use a new save_folder to start over',
         )
 
 
 def prepare_save_folder(config: DictConfig, train_config: TrainConfig, accept_changed_run: bool = False) -> None:
-    """Before a run, on global rank 0: make the save folder safe to resume (``repair_checkpoint_folder``), then
-    check its run record against ``config``'s, or write it when there is nothing to continue. Errors are
-    ``ValueError`` naming the folder and what differs. Remote save folders are left to Composer."""
-    save_folder = train_config.save_folder
-    if save_folder is None or '://' in save_folder:
+    """Before a run, on global rank 0: make the save folder safe to resume (``repair_checkpoint_folder``), then,
+    when autoresume has a latest checkpoint to continue (monolithic or sharded, ``latest_checkpoints``), check its
+    run record against ``config``'s, or else write it. Errors are ``ValueError`` naming the folder and what differs.
+    Remote save folders are left to Composer."""
+    folder = local_save_folder(train_config)
+    if folder is None:
         return
-    folder = Path(save_folder)
     record = run_record(config)
-    checkpoint = repair_checkpoint_folder(folder) if train_config.autoresume else None
-    if checkpoint is None:
-        _write_record(folder, record)
-    else:
+    if train_config.autoresume:
+        repair_checkpoint_folder(folder)
+    if train_config.autoresume and latest_checkpoints(folder):
         _check_record(folder, record, accept_changed_run)
+    else:
+        _write_record(folder, record)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llmshearing.checkpoints import INCOMPLETE_FOLDER, LATEST_NAME
+from llmshearing.checkpoints import INCOMPLETE_FOLDER
+from llmshearing.pruning.export import LATEST_MONOLITHIC
 from llmshearing.toy import save_toy_model, write_random_domain_data
 from tests.kill_during_save import KILL_DURING_SAVE
 from tests.paths import REPO
@@ -62,7 +63,7 @@ def uninterrupted(assets) -> Path:
 def _assert_same_final_state(expected_dir: Path, resumed_dir: Path) -> None:
     states = []
     for output_dir in (expected_dir, resumed_dir):
-        latest = output_dir / 'checkpoints' / LATEST_NAME
+        latest = output_dir / 'checkpoints' / LATEST_MONOLITHIC
         assert os.readlink(latest) == 'ep0-ba16-rank0.pt'
         states.append(torch.load(latest, map_location='cpu', weights_only=False)['state'])
     expected, resumed = states
@@ -83,7 +84,7 @@ def test_a_kill_while_a_checkpoint_is_written_resumes_from_the_newest_complete_o
     partial = checkpoints / 'ep0-ba12-rank0.pt'
     complete_size = (uninterrupted / 'checkpoints' / 'ep0-ba12-rank0.pt').stat().st_size
     assert 0 < partial.stat().st_size < complete_size
-    assert os.readlink(checkpoints / LATEST_NAME) == 'ep0-ba8-rank0.pt'
+    assert os.readlink(checkpoints / LATEST_MONOLITHIC) == 'ep0-ba8-rank0.pt'
 
     stderr = _succeeds(command, assets)
     aside = checkpoints / INCOMPLETE_FOLDER / 'ep0-ba12-rank0.pt'

@@ -10,8 +10,9 @@ import pytest
 import torch
 from composer.core import Timestamp
 
-from llmshearing.checkpoints import LATEST_NAME, write_checksum
+from llmshearing.checkpoints import write_checksum
 from llmshearing.preflight import check_train_config, load_train_config
+from llmshearing.pruning.export import LATEST_MONOLITHIC
 from llmshearing.run_record import (
     RECORD_NAME,
     RunFinished,
@@ -49,8 +50,8 @@ def _save_checkpoint(folder: Path, batch: int) -> None:
     path = folder / f'ep0-ba{batch}-rank0.pt'
     torch.save({'state': {'timestamp': {'Timestamp': Timestamp(batch=batch, sample=4 * batch).state_dict()}}}, path)
     write_checksum(path)
-    (folder / LATEST_NAME).unlink(missing_ok=True)
-    (folder / LATEST_NAME).symlink_to(path.name)
+    (folder / LATEST_MONOLITHIC).unlink(missing_ok=True)
+    (folder / LATEST_MONOLITHIC).symlink_to(path.name)
 
 
 def test_a_run_with_other_settings_stops_naming_what_changed(assets, tmp_path):
@@ -72,6 +73,23 @@ def test_a_run_with_other_settings_stops_naming_what_changed(assets, tmp_path):
         assert change in message
     assert 'run_name' not in message and 'max_duration' not in message and 'save_interval' not in message
     assert 'use a new save_folder' in message and 'llmshearing.accept_changed_run=true' in message
+
+
+@pytest.mark.parametrize('checkpoint', ['sharded', 'custom name'])
+def test_a_changed_run_stops_whatever_its_latest_checkpoint_is(assets, tmp_path, checkpoint):
+    _prepare(assets, tmp_path)
+    if checkpoint == 'sharded':  # Composer's sharded checkpoint: a folder of per-rank files, its own latest link
+        (tmp_path / 'ep0-ba8').mkdir()
+        (tmp_path / 'ep0-ba8' / '.metadata').touch()
+        (tmp_path / 'latest-sharded-rank0').symlink_to('ep0-ba8')
+    else:  # a monolithic checkpoint under another save_filename
+        torch.save({'state': {}}, tmp_path / 'step-8.pt')
+        (tmp_path / LATEST_MONOLITHIC).symlink_to('step-8.pt')
+    with pytest.raises(ValueError) as error:
+        _prepare(assets, tmp_path, 'seed=18')
+    message = str(error.value)
+    assert f'save_folder: {tmp_path} holds checkpoints of a run with other settings' in message
+    assert 'seed: 17 → 18' in message
 
 
 def test_a_matching_rerun_keeps_the_record_and_a_changed_one_can_be_accepted(assets, tmp_path):

@@ -34,7 +34,9 @@ log = logging.getLogger(__name__)
 
 DTYPES = {name: getattr(torch, torch_name) for name, torch_name in WEIGHT_DTYPES.items()}
 MODEL_PREFIX = 'model.'
-LATEST_CHECKPOINTS = ('latest-rank0.pt', 'latest-sharded-rank0')
+LATEST_MONOLITHIC = 'latest-rank0.pt'
+"""Composer's link to rank 0's latest monolithic checkpoint (llm-foundry's default ``save_latest_filename``)."""
+LATEST_CHECKPOINTS = (LATEST_MONOLITHIC, 'latest-sharded-rank0')
 """The links Composer keeps in a save folder to its latest monolithic and latest sharded checkpoint."""
 SHARDED_METADATA = '.metadata'
 EXPORTED_STATE = ('model', 'algorithms', 'integrations')
@@ -46,11 +48,16 @@ def is_sharded_checkpoint(path: Path) -> bool:
     return (path / SHARDED_METADATA).is_file()
 
 
+def latest_checkpoints(folder: Path) -> list[Path]:
+    """The links of ``LATEST_CHECKPOINTS`` in a save folder that lead to a checkpoint."""
+    return [folder / name for name in LATEST_CHECKPOINTS if (folder / name).exists()]
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, a sharded checkpoint folder, or the latest checkpoint of a save folder."""
     path = Path(path)
     if path.is_dir() and not is_sharded_checkpoint(path):
-        latest = [path / name for name in LATEST_CHECKPOINTS if (path / name).exists()]
+        latest = latest_checkpoints(path)
         if not latest:
             raise FileNotFoundError(
                 f'checkpoint folder {path} has no {" or ".join(LATEST_CHECKPOINTS)} and is not a sharded checkpoint '

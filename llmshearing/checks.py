@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from llmshearing.choices import EVAL_DTYPES
+
 
 class ParameterError(ValueError):
     """A bad value of the parameter ``parameter``: ``problem`` says what is wrong, after the parameter's name."""
@@ -68,3 +70,10 @@ def check_device(device: str) -> None:
 
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise ParameterError('device', f'{device}: this machine has no CUDA device')
+
+
+def check_model_settings(dtype: str, device: str) -> None:
+    """Refuse an unknown ``dtype`` (one of ``EVAL_DTYPES``) or a device this machine lacks."""
+    if dtype not in EVAL_DTYPES:
+        raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
+    check_device(device)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from llmshearing.checks import ParameterError, check_new_file, check_positive
+from llmshearing.checks import ParameterError, check_model_settings, check_new_file, check_positive
 from llmshearing.choices import DEFAULT_API_KEY_ENV, DEFAULT_EVAL_DEVICE, DEFAULT_EVAL_DTYPE, DEFAULT_JUDGE_BATCH_SIZE
 from llmshearing.evaluation.pairwise import EndpointJudge, Judge, compare_outputs, model_name, shared_pairs
 from llmshearing.evaluation.responses import read_model_outputs, write_json
@@ -92,7 +92,6 @@ def _local_judge(judge: str, judge_model: str | None, batch_size: int, dtype: st
     if not (Path(judge) / 'config.json').is_file():
         raise ParameterError('judge', f'{judge}: neither an http:// or https:// address nor a model folder with '
                              'config.json')
-    from llmshearing.evaluation.generation import check_model_settings
     from llmshearing.evaluation.local_judge import LocalJudge
 
     check_model_settings(dtype, device)

@@ -3,7 +3,6 @@ JSON files."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,14 +10,9 @@ from typing import Any
 
 from llmshearing.choices import DEFAULT_LOSS_EVAL_BATCH_SIZE, DEFAULT_LOSS_EVAL_DTYPE
 from llmshearing.data.reference_loss import evaluate_domain_losses, predict_reference_losses
+from llmshearing.evaluation.responses import write_json
 
 log = logging.getLogger(__name__)
-
-
-def _write_json(path: Path, content: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(content, indent=2) + '\n')
-    log.info('wrote %s', path)
 
 
 def reference_loss_eval(
@@ -37,7 +31,8 @@ def reference_loss_eval(
         model_dir, data_dir, domains=domains, batch_size=batch_size, device=device, dtype=dtype,
         max_samples=max_samples,
     )
-    _write_json(Path(out), result)
+    write_json(Path(out), result)
+    log.info('wrote %s', out)
     return result
 
 
@@ -45,5 +40,6 @@ def reference_loss_fit(loss_files: Sequence[str | Path], target_parameters: floa
     """Write ``predict_reference_losses`` of ``loss_files`` at ``target_parameters`` to ``out`` (JSON) and return
     it."""
     result = predict_reference_losses(loss_files, target_parameters)
-    _write_json(Path(out), result)
+    write_json(Path(out), result)
+    log.info('wrote %s', out)
     return result

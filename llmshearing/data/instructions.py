@@ -23,7 +23,6 @@ import json
 import logging
 import random
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from llmshearing.choices import (
     SHAREGPT_SOURCE,
 )
 from llmshearing.data.sharegpt import SHAREGPT_CAVEAT, SHAREGPT_REQUIREMENT, sharegpt_file
+from llmshearing.instruction_text import alpaca_prompt, blank
 
 log = logging.getLogger(__name__)
 
@@ -205,17 +205,12 @@ def _object(record: Any) -> dict:
     return record
 
 
-def _blank(text: str) -> bool:
-    """Whether ``text`` shows nothing: only whitespace and invisible format characters (zero-width spaces ...)."""
-    return all(character.isspace() or unicodedata.category(character) == 'Cf' for character in text)
-
-
 def _prompt_and_response(instruction: str, input_text: str, output: str) -> list[Message] | Skipped:
-    if _blank(instruction):
+    if blank(instruction):
         return Skipped(EMPTY_INSTRUCTION)
-    if _blank(output):
+    if blank(output):
         return Skipped(EMPTY_OUTPUT)
-    prompt = instruction if _blank(input_text) else f'{instruction}\n\n{input_text}'
+    prompt = alpaca_prompt(instruction, input_text)
     return [{'role': 'user', 'content': prompt}, {'role': 'assistant', 'content': output}]
 
 
@@ -233,7 +228,7 @@ def sharegpt_messages(record: Any, first_turn: bool = False) -> list[Message] | 
         content = _string(turn, 'value')
         if speaker not in SHAREGPT_ROLES:
             return Skipped(UNKNOWN_SPEAKER)
-        if _blank(content):
+        if blank(content):
             return Skipped(EMPTY_MESSAGE)
         messages.append({'role': SHAREGPT_ROLES[speaker], 'content': content})
     return check_conversation(messages)

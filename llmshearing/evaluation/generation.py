@@ -1,5 +1,5 @@
 """Responses of a Hugging Face causal LM to instructions (``llmshearing generate``), and the model loading that the
-local judge of ``llmshearing compare`` shares.
+local judge of ``llmshearing compare`` and ``llmshearing evaluate`` share.
 
 Each instruction is handed to the model through its tokenizer's chat template when it has one (one user message, the
 generation prompt added), else as it is. Prompts are generated in batches of similar length, left-padded, greedy or
@@ -15,10 +15,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from llmshearing.checks import ParameterError, check_device, check_positive
+from llmshearing.checks import ParameterError, check_model_settings, check_positive
 from llmshearing.choices import (
     DEFAULT_EVAL_DEVICE,
     DEFAULT_EVAL_DTYPE,
@@ -27,30 +28,44 @@ from llmshearing.choices import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TEMPERATURE,
     DEFAULT_TOP_P,
-    EVAL_DTYPES,
 )
 
 log = logging.getLogger(__name__)
 
 
-def check_model_settings(dtype: str, device: str) -> None:
-    """Refuse an unknown ``dtype`` (one of ``EVAL_DTYPES``) or a device this machine lacks."""
-    if dtype not in EVAL_DTYPES:
-        raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
-    check_device(device)
+def load_tokenizer(folder: str | Path, command: str) -> PreTrainedTokenizerBase:
+    """The tokenizer in the model folder ``folder``; a folder without one is a ``ValueError`` saying that ``command``
+    needs its files."""
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(
+            f'model folder {folder}: its tokenizer cannot be loaded ({type(error).__name__}); {command} needs the '
+            "model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in the folder",
+        ) from None
 
 
-def load_model(folder: str | Path, dtype: str, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """The causal LM in ``folder`` in eval mode (float32 weights for ``amp_bf16``) and its tokenizer, with its EOS
-    (else UNK) token as the pad token when it has none."""
+def load_weights(folder: str | Path, dtype: str, device: str) -> PreTrainedModel:
+    """The causal LM in ``folder`` on ``device`` in eval mode (float32 weights for ``amp_bf16``); weights that do not
+    load are a ``ValueError`` naming the folder."""
     weights_dtype = torch.float32 if dtype == 'amp_bf16' else getattr(torch, dtype)
-    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    try:
+        return AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
+        raise ValueError(f'model folder {folder}: its weights cannot be loaded: {error}') from None
+
+
+def load_model(
+    folder: str | Path, dtype: str, device: str, command: str,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """``load_weights`` and ``load_tokenizer`` of ``folder`` (tokenizer first, the lighter), with the tokenizer's EOS
+    (else UNK) token as the pad token when it has none."""
+    tokenizer = load_tokenizer(folder, command)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
     if tokenizer.pad_token is None:
         raise ValueError(f'the tokenizer of {folder} has no pad, EOS or UNK token to pad batches with')
-    return model, tokenizer
+    return load_weights(folder, dtype, device), tokenizer
 
 
 def forward_context(dtype: str, device: str) -> contextlib.AbstractContextManager:
@@ -149,7 +164,7 @@ def generate_responses(
     if sample and not 0 < top_p <= 1:
         raise ParameterError('top_p', f'must be in (0, 1], got {top_p}')
     check_model_settings(dtype, device)
-    model, tokenizer = load_model(model_dir, dtype, device)
+    model, tokenizer = load_model(model_dir, dtype, device, 'generate')
     eos_token_ids = _eos_token_ids(model, tokenizer)
     settings = GenerationConfig(
         max_new_tokens=max_new_tokens,

@@ -19,13 +19,12 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from llmshearing.checks import ParameterError, check_device, check_positive
+from llmshearing.checks import ParameterError, check_model_settings, check_positive
 from llmshearing.choices import (
     DEFAULT_EVAL_BATCH_SIZE,
     DEFAULT_EVAL_DEVICE,
     DEFAULT_EVAL_DTYPE,
     DEFAULT_EVAL_SEED,
-    EVAL_DTYPES,
 )
 from llmshearing.evaluation import ifeval
 from llmshearing.evaluation.tasks import CHANCE_KEYS, IFEVAL, Task, load_tasks, task_names
@@ -63,7 +62,9 @@ def _check_models(models: Sequence[str | Path]) -> list[Path]:
 def _load_configs_and_tokenizers(folders: Sequence[Path]) -> dict[Path, PreTrainedTokenizerBase]:
     """Every model's config and tokenizer, before any model's weights load, so that the last model's missing
     tokenizer stops the command before the first model is evaluated; returns the tokenizers."""
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
+
+    from llmshearing.evaluation.generation import load_tokenizer
 
     tokenizers = {}
     for folder in folders:
@@ -71,13 +72,7 @@ def _load_configs_and_tokenizers(folders: Sequence[Path]) -> dict[Path, PreTrain
             AutoConfig.from_pretrained(folder)
         except (OSError, ValueError, KeyError) as error:
             raise ValueError(f'model folder {folder}: config.json cannot be loaded: {error}') from None
-        try:
-            tokenizers[folder] = AutoTokenizer.from_pretrained(folder)
-        except (OSError, ValueError, TypeError) as error:
-            raise ValueError(
-                f'model folder {folder}: its tokenizer cannot be loaded ({type(error).__name__}); evaluate needs the '
-                "model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in the folder",
-            ) from None
+        tokenizers[folder] = load_tokenizer(folder, 'evaluate')
     return tokenizers
 
 
@@ -158,9 +153,7 @@ def evaluate_models(
     if num_fewshot is not None and num_fewshot < 0:
         raise ParameterError('num_fewshot', f'must be 0 or more, got {num_fewshot}')
     check_positive(batch_size=batch_size, max_new_tokens=max_new_tokens)
-    if dtype not in EVAL_DTYPES:
-        raise ParameterError('dtype', f'must be one of {list(EVAL_DTYPES)}, got {dtype!r}')
-    check_device(device)
+    check_model_settings(dtype, device)
     task_dir = Path(task_dir)
     checked = load_tasks(task_names(tasks, task_dir), task_dir, limit, seed)
     # Before lm-eval first imports datasets (checking IFEval's instructions does), which reads it once.
@@ -173,8 +166,8 @@ def evaluate_models(
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
-    from safetensors import SafetensorError
-    from transformers import AutoModelForCausalLM
+
+    from llmshearing.evaluation.generation import load_weights
 
     shots = {
         task.name: task.settings.num_fewshot if num_fewshot is None or task.generates else num_fewshot
@@ -208,7 +201,6 @@ def evaluate_models(
             },
         },
     }
-    weights_dtype = torch.float32 if dtype == 'amp_bf16' else getattr(torch, dtype)
     # Every task is an inline config: a task manager without lm-eval's own ~200 task folders, which it would
     # otherwise index on every harness call (seconds each).
     task_manager = TaskManager(include_defaults=False)
@@ -216,10 +208,7 @@ def evaluate_models(
     for folder in folders:
         started = time.perf_counter()
         log.info('Evaluating %s on %s', folder, ', '.join(task.name for task in checked))
-        try:
-            model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=weights_dtype).to(device).eval()
-        except (OSError, ValueError, RuntimeError, SafetensorError) as error:
-            raise ValueError(f'model folder {folder}: its weights cannot be loaded: {error}') from None
+        model = load_weights(folder, dtype, device)
         tokenizer = tokenizers[folder]
         harness_model = HFLM(
             pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device,

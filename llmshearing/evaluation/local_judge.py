@@ -35,7 +35,7 @@ class LocalJudge:
     """The causal LM in ``folder`` as a judge, reading ``batch_size`` prompts per forward pass (right-padded)."""
 
     def __init__(self, folder: str | Path, batch_size: int, dtype: str, device: str):
-        self.model, self.tokenizer = load_model(folder, dtype, device)
+        self.model, self.tokenizer = load_model(folder, dtype, device, 'compare')
         self.batch_size = batch_size
         self.dtype = dtype
         self.device = device
@@ -77,9 +77,11 @@ class LocalJudge:
             for start in tqdm(range(0, len(encoded), self.batch_size), desc='judging', unit='batch'):
                 batch = encoded[start:start + self.batch_size]
                 inputs = pad_batch([ids for ids, _ in batch], self.tokenizer.pad_token_id, 'right', self.device)
-                logits = self.model(**inputs).logits
+                # The output layer reads each row's last position only, not every position's vocabulary-wide logits.
+                hidden = self.model.get_decoder()(**inputs).last_hidden_state
                 last = inputs['attention_mask'].sum(dim=1) - 1
-                log_probs = logits[torch.arange(len(batch)), last].float().log_softmax(dim=-1)
+                logits = self.model.get_output_embeddings()(hidden[torch.arange(len(batch)), last])
+                log_probs = logits.float().log_softmax(dim=-1)
                 for row, (_, answers) in zip(log_probs, batch):
                     first, second = (row[token].item() for token in answers)
                     margin = first - second

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from llmshearing.checks import ParameterError
+from llmshearing.instruction_text import alpaca_prompt
 
 PROMPT_FIELDS = ('instruction', 'prompt', 'turns')
 """The fields a prompt row is read from, the first present one winning."""
@@ -55,7 +56,7 @@ def _prompt_text(row: Any) -> str | None:
         return None
     if isinstance(row.get('instruction'), str) and row['instruction'].strip():
         given = row.get('input')
-        return row['instruction'] + (f'\n\n{given}' if isinstance(given, str) and given.strip() else '')
+        return alpaca_prompt(row['instruction'], given if isinstance(given, str) else '')
     if isinstance(row.get('prompt'), str) and row['prompt'].strip():
         return row['prompt']
     turns = row.get('turns')

@@ -320,6 +320,22 @@ def test_bad_input_fails_with_one_line_naming_it(
     assert not (tmp_path / 'result.json').exists()
 
 
+def test_a_judge_folder_without_tokenizer_files_fails_with_one_line(
+    judge_dir: Path, files: dict[str, Path], tmp_path: Path, capsys,
+):
+    judge = tmp_path / 'judge-without-tokenizer'
+    judge.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (judge / name).write_bytes((judge_dir / name).read_bytes())
+    out = tmp_path / 'result.json'
+    assert run_cli(str(files['a']), str(files['b']), '--judge', str(judge), '--out', str(out)) == 2
+    assert capsys.readouterr().err == (
+        f'llmshearing compare: error: model folder {judge}: its tokenizer cannot be loaded (OSError); compare needs '
+        "the model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in the folder\n"
+    )
+    assert not out.exists()
+
+
 def test_missing_files_and_an_existing_result_are_refused(judge_dir: Path, files: dict[str, Path], tmp_path: Path,
                                                           capsys):
     out = tmp_path / 'result.json'

@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from llmshearing import cli
 from llmshearing.evaluation.generation import generate_responses, model_prompt
 from llmshearing.toy import byte_level_tokenizer, save_toy_model
+from tests.evaluation.test_evaluate import write_jsonl
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
@@ -26,11 +27,6 @@ PROMPT_ROWS = [
 ]
 INSTRUCTIONS = ['Name a colour.', 'Translate to English.\n\nbonjour', 'Write two words.',
                 'Hello there, how are you today?']
-
-
-def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text(''.join(json.dumps(row) + '\n' for row in rows))
-    return path
 
 
 @pytest.fixture(scope='module')
@@ -204,6 +200,23 @@ def test_bad_input_fails_with_one_line_naming_it(
     assert error.startswith('llmshearing generate: error: ') and error.count('\n') == 1
     assert message in error
     assert not (tmp_path / 'outputs.json').exists()
+
+
+def test_a_model_folder_without_tokenizer_files_fails_with_one_line(
+    models: dict[str, Path], prompts_file: Path, tmp_path: Path, capsys,
+):
+    without_tokenizer = tmp_path / 'no-tokenizer'
+    without_tokenizer.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (without_tokenizer / name).write_bytes((models['plain'] / name).read_bytes())
+    out = tmp_path / 'outputs.json'
+    assert run_cli(str(without_tokenizer), '--prompts', str(prompts_file), '--out', str(out)) == 2
+    assert capsys.readouterr().err == (
+        f'llmshearing generate: error: model folder {without_tokenizer}: its tokenizer cannot be loaded (OSError); '
+        "generate needs the model's tokenizer files (tokenizer_config.json and tokenizer.json or tokenizer.model) in "
+        'the folder\n'
+    )
+    assert not out.exists()
 
 
 def test_an_existing_output_file_is_never_overwritten(models: dict[str, Path], prompts_file: Path, tmp_path: Path,

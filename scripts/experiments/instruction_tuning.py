@@ -31,7 +31,6 @@ settings. From the repository root:
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,10 +55,10 @@ from scripts.experiments.common import (
     check_output_folder,
     experiment_parser,
     git_commit,
+    llmshearing_stage,
     loop_overrides,
     prepare_domains,
     print_report,
-    run_llmshearing,
     stages_and_commands,
     start,
     write_results,
@@ -158,9 +157,9 @@ def tuning_run(
     bf16 autocast and the paper's learning rate and warm-up."""
     overrides = (
         *loop_overrides(
-            student, output_dir, settings.batches, seed, settings.seq_len, settings.batch_size, settings.evaluations,
+            student, data_dir, output_dir, settings.batches, seed, settings.seq_len, settings.batch_size,
+            settings.evaluations,
         ),
-        f'variables.data_local={data_dir}',
         f'precision={PRECISION}',
         f'optimizer.lr={LEARNING_RATE}',
         f'scheduler.t_warmup={settings.warmup_batches}ba',
@@ -401,16 +400,15 @@ def plot_win_rates(results: dict[str, Any]) -> Figure:
     return figure
 
 
-def write_plots(report_dir: Path, results: dict[str, Any]) -> None:
-    """IFEval's four metrics per model, and the win rates."""
+def plots(results: dict[str, Any]) -> dict[str, Figure]:
+    """By file name: IFEval's four metrics per model, and the win rates."""
     scores = {
         label: {title: model['ifeval'][metric] for metric, title in METRIC_TITLES.items()}
         for label, model in model_rows(results)
     }
     figure = report.plot_task_accuracies(scores, {})
     figure.axes[0].set_title('IFEval accuracy per metric')
-    figure.savefig(report_dir / 'ifeval_metrics.png', dpi=120)
-    plot_win_rates(results).savefig(report_dir / 'win_rates.png', dpi=120)
+    return {'ifeval_metrics.png': figure, 'win_rates.png': plot_win_rates(results)}
 
 
 def ifeval_of(task_result: dict[str, Any]) -> dict[str, Any]:
@@ -452,8 +450,7 @@ def run_experiment(
     stage_commands: list[str] = []
 
     def run_stage(name: str, arguments: list[str], output: Path) -> None:
-        ledger.run(name, 0, lambda: run_llmshearing(arguments), output)
-        stage_commands.append(shlex.join(['llmshearing', *arguments]))
+        stage_commands.append(llmshearing_stage(ledger, name, arguments, output))
 
     pruning_settings = real_model.QUICK if settings is QUICK else real_model.FULL
     student_record: dict[str, Any] = {'made_here': student is None}
@@ -546,10 +543,7 @@ def run_experiment(
         'stages': ledger.stages,
         'stage_commands': stage_commands,
     }
-    report_dir = output_dir / 'report'
-    report_dir.mkdir()
-    write_plots(report_dir, results)
-    return write_results(report_dir, results, started, render_report)
+    return write_results(output_dir, results, started, render_report, plots(results))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

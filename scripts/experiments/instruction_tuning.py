@@ -93,7 +93,9 @@ class InstructionSettings:
     """The sizes of a run: ``train_examples`` conversations of ``data_format`` (``eval_examples`` of them held out)
     tuned on for ``epochs`` epochs in batches of ``batch_size`` samples of at most ``seq_len`` tokens, evaluated
     ``evaluations`` times; ``ifeval_prompts`` IFEval prompts answered in at most ``max_new_tokens`` tokens,
-    ``generation_batch_size`` at a time; the judge scores ``judge_batch_size`` prompts per forward pass.
+    ``generation_batch_size`` at a time; the judge scores ``judge_batch_size`` prompts per forward pass. Without
+    ``--student``, T is pruned one-shot with the real-model experiment's ``student_pruning`` sizes (its data and
+    calibration samples).
 
     The learning rate stays the paper's 5e-5 at a batch of 4 rather than 128: scaled with the batch (linearly 1.6e-6,
     by its square root 8.8e-6) it would barely move the model in the few hundred steps 2 cores allow."""
@@ -109,6 +111,7 @@ class InstructionSettings:
     max_new_tokens: int
     generation_batch_size: int
     judge_batch_size: int
+    student_pruning: real_model.RealModelSettings
 
     @property
     def batches(self) -> int:
@@ -128,6 +131,7 @@ class InstructionSettings:
 QUICK = InstructionSettings(
     data_format='self-instruct', train_examples=12, eval_examples=4, seq_len=128, batch_size=2, epochs=1,
     evaluations=1, ifeval_prompts=3, max_new_tokens=8, generation_batch_size=3, judge_batch_size=4,
+    student_pruning=real_model.QUICK,
 )
 # Measured: one training step of SmolLM2-135M in the tiny recipe (4 ShareGPT first turns cut at 512 tokens,
 # amp_bf16, 2 threads) took 36 CPU seconds on a shared machine, about 18 s on 2 quiet cores. 128 batches (512
@@ -136,6 +140,7 @@ QUICK = InstructionSettings(
 FULL = InstructionSettings(
     data_format='sharegpt', train_examples=520, eval_examples=8, seq_len=512, batch_size=4, epochs=1,
     evaluations=4, ifeval_prompts=100, max_new_tokens=256, generation_batch_size=8, judge_batch_size=4,
+    student_pruning=real_model.FULL,
 )
 
 
@@ -452,20 +457,19 @@ def run_experiment(
     def run_stage(name: str, arguments: list[str], output: Path) -> None:
         stage_commands.append(llmshearing_stage(ledger, name, arguments, output))
 
-    pruning_settings = real_model.QUICK if settings is QUICK else real_model.FULL
     student_record: dict[str, Any] = {'made_here': student is None}
     if student is None:
         pruning_data = output_dir / 'pruning_data'
-        prepare_domains(ledger, pruning_settings, data, source, pruning_data)
+        prepare_domains(ledger, settings.student_pruning, data, source, pruning_data)
         student = output_dir / 'student'
         run_stage(
             f'prune-oneshot ({STUDENT_TARGET}, {real_model.IMPORTANCE_METHOD})',
             real_model.prune_oneshot_command(
-                pruning_settings, real_model.TARGETS[STUDENT_TARGET], source, pruning_data, student,
+                settings.student_pruning, real_model.TARGETS[STUDENT_TARGET], source, pruning_data, student,
             ),
             student,
         )
-        student_record['calibration_samples'] = pruning_settings.calibration_samples
+        student_record['calibration_samples'] = settings.student_pruning.calibration_samples
     student_record['folder'] = str(student)
 
     data_dir = output_dir / 'instructions'

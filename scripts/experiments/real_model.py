@@ -364,16 +364,15 @@ def comparison(
     unit: str,
     scale: float = 1.0,
     digits: int = 3,
+    one_seed: bool = False,
 ) -> str:
     """Whether the first (mean, spread) pair is better than the second, by how much (times ``scale``, in ``unit``), and
-    whether the difference exceeds the two spreads together."""
+    whether the difference exceeds the two spreads together (with ``one_seed``: that there is no spread)."""
     difference = first[0] - second[0]
     better = (difference > 0) == higher_is_better
     beyond = abs(difference) > first[1] + second[1]
-    return (
-        f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, '
-        f'{"more" if beyond else "less"} than the spread'
-    )
+    spread = 'one seed: no spread' if one_seed else f'{"more" if beyond else "less"} than the spread'
+    return f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, {spread}'
 
 
 def winner_sentence(models: dict[str, list[dict[str, Any]]], key: str) -> str:
@@ -418,12 +417,10 @@ def outcome_sentences(models: dict[str, list[dict[str, Any]]]) -> list[str]:
             continue
         loss = [summary(models, name, 'mean_loss') for name in (first, second)]
         accuracy = [summary(models, name, 'average') for name in (first, second)]
-        loss_verdict = comparison(*loss, False, 'nats')
-        if min(len(models[first]), len(models[second])) < 2:
-            loss_verdict = loss_verdict.rsplit(', ', 1)[0] + ', one seed: no spread'
+        one_seed = min(len(models[first]), len(models[second])) < 2
         sentences.append(
             f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} '
-            f'nats/token ({loss_verdict}); average accuracy '
+            f'nats/token ({comparison(*loss, False, "nats", one_seed=one_seed)}); average accuracy '
             f'{100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} vs {100 * accuracy[1][0]:.1f} ± '
             f'{100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
         )

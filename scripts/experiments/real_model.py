@@ -602,7 +602,7 @@ def plots(results: dict[str, Any]) -> dict[str, Figure]:
         }
         figures[f'task_accuracy_{name}.png'] = report.plot_task_accuracies(scores, chance)
         weights = report.StageMetrics(
-            f'pruning to {name}, seed {results["seeds"][0]}',
+            f'pruning to {name}, seed {target["seeds"][0]}',
             {
                 report.PROPORTION_PREFIX + domain: list(zip(*series))
                 for domain, series in target['domain_weights'].items()

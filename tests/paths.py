@@ -1,8 +1,21 @@
-"""Where the tests find the repository and the read-only data beside it (``../shared``, optional)."""
+"""Where the tests find the repository and the read-only data beside it (``../shared``, optional), and the mark of
+the opt-in experiment runs."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / 'shared'
+
+
+def experiment_test(duration: str) -> pytest.MarkDecorator:
+    """Skip an experiment's end-to-end run, which takes ``duration`` (the reason's start), unless
+    ``LLMSHEARING_EXPERIMENT_TESTS=1``."""
+    return pytest.mark.skipif(
+        os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
+        reason=f'{duration}: set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
+    )

@@ -19,6 +19,7 @@ from llmfoundry.utils.builders import (
     build_icl_evaluators,
     build_tokenizer,
 )
+from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 from streaming import MDSWriter
 from transformers import AutoConfig
@@ -146,8 +147,8 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
-def _is_instruction_tuning(yaml_path: Path) -> bool:
-    return om.load(yaml_path).train_loader.name == 'finetuning'
+def _is_instruction_tuning(recipe: DictConfig) -> bool:
+    return recipe.train_loader.name == 'finetuning'
 
 
 @pytest.mark.parametrize('yaml_path', YAMLS, ids=[f'{p.parent.name}/{p.stem}' for p in YAMLS])
@@ -155,14 +156,15 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     source = _source_key(yaml_path)
     model_path = workspace / 'models' / (source or 'toy')
-    instruction_tuning = _is_instruction_tuning(yaml_path)
+    recipe = om.load(yaml_path)
+    instruction_tuning = _is_instruction_tuning(recipe)
     seq_len = INSTRUCTION_SEQ_LEN if instruction_tuning else SEQ_LEN
     data_local = workspace / 'data' / ('instructions' if instruction_tuning else '')
     overrides = [
         f'variables.model_path={model_path}', f'variables.data_local={data_local}',
         f'save_folder={workspace / "runs" / yaml_path.stem}', f'max_seq_len={seq_len}',
     ]
-    variables = om.load(yaml_path).get('variables', {})
+    variables = recipe.get('variables', {})
     if 'output_dir' in variables:
         overrides.append(f'variables.output_dir={workspace / "runs" / yaml_path.stem}')
     if 'teacher_path' in variables:
@@ -188,7 +190,7 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
             assert (algorithm.clipping_type, algorithm.clipping_threshold) == ('norm', 1.0)
             continue
         if isinstance(algorithm, CPUAutocast):  # amp_bf16 on this CPU machine
-            assert (om.load(yaml_path).precision, train_config.precision) == ('amp_bf16', 'fp32')
+            assert (recipe.precision, train_config.precision) == ('amp_bf16', 'fp32')
             continue
         assert isinstance(algorithm, Shearing)
         l0_module = apply_shearing(model.model, None, **{k: v for k, v in algorithm.mask_config().items()})
@@ -220,9 +222,9 @@ EVAL_TASKS = SHARED / 'data' / 'eval-tasks'
 
 @pytest.mark.skipif(not EVAL_TASKS.is_dir(), reason=f'no shared task folder {EVAL_TASKS}')
 def test_icl_tasks_are_off_by_default_in_the_tiny_recipes_and_on_with_a_task_folder(workspace, tmp_path):
-    """variables.eval_tasks_dir switches the recipes' icl_tasks block; switched on, llm-foundry builds its
-    evaluators from the shared task files (one task of each kind here)."""
-    for yaml_path in (path for path in YAMLS if 'eval_tasks_dir' in om.load(path).variables):
+    """variables.eval_tasks_dir switches the icl_tasks block of every recipe but the instruction-tuning ones; switched
+    on, llm-foundry builds its evaluators from the shared task files (one task of each kind here)."""
+    for yaml_path in (path for path in YAMLS if not _is_instruction_tuning(om.load(path))):
         overrides = [
             f'variables.model_path={workspace / "models" / "toy"}',
             f'variables.data_local={workspace / "data"}',

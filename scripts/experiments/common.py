@@ -166,12 +166,13 @@ class StageLedger:
 
 
 def loop_overrides(
-    model_path: Path, output_dir: Path, batches: int, seed: int, seq_len: int, batch_size: int, evaluations: int,
+    model_path: Path, data_dir: Path, output_dir: Path, batches: int, seed: int, seq_len: int, batch_size: int,
+    evaluations: int,
 ) -> list[str]:
     """The training loop's overrides of any tiny recipe: the model and output paths, samples of ``seq_len`` tokens in
     batches of ``batch_size``, ``batches`` batches with ``evaluations`` evaluations (the first before training), one
-    checkpoint, and no training metrics (their extra cross-entropy over a large vocabulary costs more than a tenth of
-    a CPU step)."""
+    checkpoint, no training metrics (their extra cross-entropy over a large vocabulary costs more than a tenth of
+    a CPU step), and the data in ``data_dir``."""
     eval_interval = max(batches // evaluations, 1)
     return [
         f'variables.model_path={model_path}',
@@ -189,6 +190,7 @@ def loop_overrides(
         f'save_interval={batches}ba',
         f'console_log_interval={eval_interval}ba',
         'model.use_train_metrics=false',
+        f'variables.data_local={data_dir}',
     ]
 
 
@@ -197,13 +199,12 @@ def common_overrides(
     mix: Sequence[float], evaluations: int | None = None,
 ) -> list[str]:
     """Overrides every run on the 7 domains shares: ``loop_overrides`` with ``evaluations`` evaluations (default
-    ``settings.evaluations_per_stage``), the data, the domains and their initial ``mix``."""
+    ``settings.evaluations_per_stage``), the domains and their initial ``mix``."""
     return [
         *loop_overrides(
-            model_path, output_dir, batches, seed, settings.seq_len, settings.batch_size,
+            model_path, data_dir, output_dir, batches, seed, settings.seq_len, settings.batch_size,
             evaluations or settings.evaluations_per_stage,
         ),
-        f'variables.data_local={data_dir}',
         f'variables.domains=[{",".join(DOMAINS)}]',
         f'train_loader.dataset.proportions=[{",".join(map(str, mix))}]',
     ]
@@ -259,14 +260,19 @@ def scratch_run(
     )
 
 
-def run_llmshearing(arguments: Sequence[str]) -> str:
-    """Run ``llmshearing ARGUMENTS`` in this process; return its command line. Raise ``RuntimeError`` naming the
-    command if it fails."""
-    command = shlex.join(['llmshearing', *arguments])
+def run_llmshearing(arguments: Sequence[str]) -> None:
+    """Run ``llmshearing ARGUMENTS`` in this process. Raise ``RuntimeError`` naming the command if it fails."""
     status = llmshearing_main(list(arguments))
     if status != 0:
+        command = shlex.join(['llmshearing', *arguments])
         raise RuntimeError(f'llmshearing {arguments[0]} failed with exit status {status}: {command}')
-    return command
+
+
+def llmshearing_stage(ledger: StageLedger, name: str, arguments: Sequence[str], output: Path) -> str:
+    """``llmshearing ARGUMENTS``, which writes ``output``, as the ledger's stage ``name``; return its command line,
+    also when the ledger skips the stage."""
+    ledger.run(name, 0, lambda: run_llmshearing(arguments), output)
+    return shlex.join(['llmshearing', *arguments])
 
 
 def prepare_domains(
@@ -436,12 +442,18 @@ def portable_paths(text: str) -> str:
 
 
 def write_results(
-    report_dir: Path, results: dict[str, Any], started: float, render: Callable[[dict[str, Any]], str],
+    output_dir: Path, results: dict[str, Any], started: float, render: Callable[[dict[str, Any]], str],
+    figures: dict[str, Figure],
 ) -> Path:
-    """Check that every number of ``results`` is finite, record the wall time since ``started`` (``time.monotonic``),
-    write ``results.json`` and the rendered ``README.md`` into ``report_dir`` with ``portable_paths``; return
-    ``report_dir``."""
+    """Check that every number of ``results`` is finite, then create the report folder ``output_dir/report`` (a run
+    with a number that is not finite stays resumable), save the ``figures`` by file name into it, record the wall time
+    since ``started`` (``time.monotonic``) and write ``results.json`` and the rendered ``README.md`` with
+    ``portable_paths``; return the report folder."""
     check_finite(results)
+    report_dir = output_dir / 'report'
+    report_dir.mkdir()
+    for name, figure in figures.items():
+        figure.savefig(report_dir / name, dpi=120)
     results['wall_seconds'] = time.monotonic() - started
     (report_dir / 'results.json').write_text(portable_paths(json.dumps(results, indent=2)) + '\n')
     (report_dir / 'README.md').write_text(portable_paths(render(results)))

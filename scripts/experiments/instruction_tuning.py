@@ -31,7 +31,6 @@ settings. From the repository root:
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -56,10 +55,10 @@ from scripts.experiments.common import (
     check_output_folder,
     experiment_parser,
     git_commit,
+    llmshearing_stage,
     loop_overrides,
     prepare_domains,
     print_report,
-    run_llmshearing,
     stages_and_commands,
     start,
     write_results,
@@ -94,7 +93,9 @@ class InstructionSettings:
     """The sizes of a run: ``train_examples`` conversations of ``data_format`` (``eval_examples`` of them held out)
     tuned on for ``epochs`` epochs in batches of ``batch_size`` samples of at most ``seq_len`` tokens, evaluated
     ``evaluations`` times; ``ifeval_prompts`` IFEval prompts answered in at most ``max_new_tokens`` tokens,
-    ``generation_batch_size`` at a time; the judge scores ``judge_batch_size`` prompts per forward pass.
+    ``generation_batch_size`` at a time; the judge scores ``judge_batch_size`` prompts per forward pass. Without
+    ``--student``, T is pruned one-shot with the real-model experiment's ``student_pruning`` sizes (its data and
+    calibration samples).
 
     The learning rate stays the paper's 5e-5 at a batch of 4 rather than 128: scaled with the batch (linearly 1.6e-6,
     by its square root 8.8e-6) it would barely move the model in the few hundred steps 2 cores allow."""
@@ -110,6 +111,7 @@ class InstructionSettings:
     max_new_tokens: int
     generation_batch_size: int
     judge_batch_size: int
+    student_pruning: real_model.RealModelSettings
 
     @property
     def batches(self) -> int:
@@ -129,6 +131,7 @@ class InstructionSettings:
 QUICK = InstructionSettings(
     data_format='self-instruct', train_examples=12, eval_examples=4, seq_len=128, batch_size=2, epochs=1,
     evaluations=1, ifeval_prompts=3, max_new_tokens=8, generation_batch_size=3, judge_batch_size=4,
+    student_pruning=real_model.QUICK,
 )
 # Measured: one training step of SmolLM2-135M in the tiny recipe (4 ShareGPT first turns cut at 512 tokens,
 # amp_bf16, 2 threads) took 36 CPU seconds on a shared machine, about 18 s on 2 quiet cores. 128 batches (512
@@ -137,6 +140,7 @@ QUICK = InstructionSettings(
 FULL = InstructionSettings(
     data_format='sharegpt', train_examples=520, eval_examples=8, seq_len=512, batch_size=4, epochs=1,
     evaluations=4, ifeval_prompts=100, max_new_tokens=256, generation_batch_size=8, judge_batch_size=4,
+    student_pruning=real_model.FULL,
 )
 
 
@@ -158,9 +162,9 @@ def tuning_run(
     bf16 autocast and the paper's learning rate and warm-up."""
     overrides = (
         *loop_overrides(
-            student, output_dir, settings.batches, seed, settings.seq_len, settings.batch_size, settings.evaluations,
+            student, data_dir, output_dir, settings.batches, seed, settings.seq_len, settings.batch_size,
+            settings.evaluations,
         ),
-        f'variables.data_local={data_dir}',
         f'precision={PRECISION}',
         f'optimizer.lr={LEARNING_RATE}',
         f'scheduler.t_warmup={settings.warmup_batches}ba',
@@ -401,16 +405,15 @@ def plot_win_rates(results: dict[str, Any]) -> Figure:
     return figure
 
 
-def write_plots(report_dir: Path, results: dict[str, Any]) -> None:
-    """IFEval's four metrics per model, and the win rates."""
+def plots(results: dict[str, Any]) -> dict[str, Figure]:
+    """By file name: IFEval's four metrics per model, and the win rates."""
     scores = {
         label: {title: model['ifeval'][metric] for metric, title in METRIC_TITLES.items()}
         for label, model in model_rows(results)
     }
     figure = report.plot_task_accuracies(scores, {})
     figure.axes[0].set_title('IFEval accuracy per metric')
-    figure.savefig(report_dir / 'ifeval_metrics.png', dpi=120)
-    plot_win_rates(results).savefig(report_dir / 'win_rates.png', dpi=120)
+    return {'ifeval_metrics.png': figure, 'win_rates.png': plot_win_rates(results)}
 
 
 def ifeval_of(task_result: dict[str, Any]) -> dict[str, Any]:
@@ -452,23 +455,21 @@ def run_experiment(
     stage_commands: list[str] = []
 
     def run_stage(name: str, arguments: list[str], output: Path) -> None:
-        ledger.run(name, 0, lambda: run_llmshearing(arguments), output)
-        stage_commands.append(shlex.join(['llmshearing', *arguments]))
+        stage_commands.append(llmshearing_stage(ledger, name, arguments, output))
 
-    pruning_settings = real_model.QUICK if settings is QUICK else real_model.FULL
     student_record: dict[str, Any] = {'made_here': student is None}
     if student is None:
         pruning_data = output_dir / 'pruning_data'
-        prepare_domains(ledger, pruning_settings, data, source, pruning_data)
+        prepare_domains(ledger, settings.student_pruning, data, source, pruning_data)
         student = output_dir / 'student'
         run_stage(
             f'prune-oneshot ({STUDENT_TARGET}, {real_model.IMPORTANCE_METHOD})',
             real_model.prune_oneshot_command(
-                pruning_settings, real_model.TARGETS[STUDENT_TARGET], source, pruning_data, student,
+                settings.student_pruning, real_model.TARGETS[STUDENT_TARGET], source, pruning_data, student,
             ),
             student,
         )
-        student_record['calibration_samples'] = pruning_settings.calibration_samples
+        student_record['calibration_samples'] = settings.student_pruning.calibration_samples
     student_record['folder'] = str(student)
 
     data_dir = output_dir / 'instructions'
@@ -546,10 +547,7 @@ def run_experiment(
         'stages': ledger.stages,
         'stage_commands': stage_commands,
     }
-    report_dir = output_dir / 'report'
-    report_dir.mkdir()
-    write_plots(report_dir, results)
-    return write_results(report_dir, results, started, render_report)
+    return write_results(output_dir, results, started, render_report, plots(results))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -25,7 +25,6 @@ From the repository root:
 from __future__ import annotations
 
 import dataclasses
-import shlex
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ from scripts.experiments.common import (
     evaluate,
     experiment_parser,
     git_commit,
+    llmshearing_stage,
     mean_loss,
     natural_mix,
     plot_loss_against_tokens,
@@ -54,7 +54,6 @@ from scripts.experiments.common import (
     print_report,
     pruning_run,
     reference_override,
-    run_llmshearing,
     runs_curve,
     stages_and_commands,
     start,
@@ -178,10 +177,11 @@ def run_experiment(output_dir: Path, settings: RealModelSettings, seed: int, com
     reference = reference_override(source_losses['losses'])
 
     oneshot_dir = output_dir / 'oneshot' / 'pruned'
-    oneshot_arguments = prune_oneshot_command(settings, TARGET, source, data_dir, oneshot_dir)
-    ledger.run('prune-oneshot (activation)', 0, lambda: run_llmshearing(oneshot_arguments), oneshot_dir)
+    stage_commands = [llmshearing_stage(
+        ledger, 'prune-oneshot (activation)', prune_oneshot_command(settings, TARGET, source, data_dir, oneshot_dir),
+        oneshot_dir,
+    )]
     importance_file = oneshot_dir / 'importance.json'
-    stage_commands = [shlex.join(['llmshearing', *oneshot_arguments])]
 
     def train(run: TrainingRun) -> Path:
         stage_commands.append(run.command)
@@ -236,13 +236,12 @@ def run_experiment(output_dir: Path, settings: RealModelSettings, seed: int, com
         'eval_curves': curves_as_lists(eval_curves),
         'stages': ledger.stages, 'stage_commands': stage_commands,
     }
-    report_dir = output_dir / 'report'
-    report_dir.mkdir()
-    plot_train_loss(train_curves).savefig(report_dir / 'train_loss.png', dpi=120)
-    plot_loss_against_tokens(eval_curves, 'Target-shape held-out loss against tokens, by mask initialisation').savefig(
-        report_dir / 'loss_against_tokens.png', dpi=120,
-    )
-    return write_results(report_dir, results, started, render_report)
+    return write_results(output_dir, results, started, render_report, {
+        'train_loss.png': plot_train_loss(train_curves),
+        'loss_against_tokens.png': plot_loss_against_tokens(
+            eval_curves, 'Target-shape held-out loss against tokens, by mask initialisation',
+        ),
+    })
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -54,6 +53,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing import report
@@ -74,6 +74,7 @@ from scripts.experiments.common import (
     evaluate,
     experiment_parser,
     git_commit,
+    llmshearing_stage,
     mean_and_spread,
     mean_loss,
     natural_mix,
@@ -82,7 +83,6 @@ from scripts.experiments.common import (
     print_report,
     pruning_run,
     reference_override,
-    run_llmshearing,
     runs_curve,
     scratch_run,
     stages_and_commands,
@@ -364,16 +364,15 @@ def comparison(
     unit: str,
     scale: float = 1.0,
     digits: int = 3,
+    one_seed: bool = False,
 ) -> str:
     """Whether the first (mean, spread) pair is better than the second, by how much (times ``scale``, in ``unit``), and
-    whether the difference exceeds the two spreads together."""
+    whether the difference exceeds the two spreads together (with ``one_seed``: that there is no spread)."""
     difference = first[0] - second[0]
     better = (difference > 0) == higher_is_better
     beyond = abs(difference) > first[1] + second[1]
-    return (
-        f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, '
-        f'{"more" if beyond else "less"} than the spread'
-    )
+    spread = 'one seed: no spread' if one_seed else f'{"more" if beyond else "less"} than the spread'
+    return f'{"better" if better else "worse"} by {scale * abs(difference):.{digits}f} {unit}, {spread}'
 
 
 def winner_sentence(models: dict[str, list[dict[str, Any]]], key: str) -> str:
@@ -418,12 +417,10 @@ def outcome_sentences(models: dict[str, list[dict[str, Any]]]) -> list[str]:
             continue
         loss = [summary(models, name, 'mean_loss') for name in (first, second)]
         accuracy = [summary(models, name, 'average') for name in (first, second)]
-        loss_verdict = comparison(*loss, False, 'nats')
-        if min(len(models[first]), len(models[second])) < 2:
-            loss_verdict = loss_verdict.rsplit(', ', 1)[0] + ', one seed: no spread'
+        one_seed = min(len(models[first]), len(models[second])) < 2
         sentences.append(
             f'{title}: held-out loss {loss[0][0]:.3f} ± {loss[0][1]:.3f} vs {loss[1][0]:.3f} ± {loss[1][1]:.3f} '
-            f'nats/token ({loss_verdict}); average accuracy '
+            f'nats/token ({comparison(*loss, False, "nats", one_seed=one_seed)}); average accuracy '
             f'{100 * accuracy[0][0]:.1f} ± {100 * accuracy[0][1]:.1f} vs {100 * accuracy[1][0]:.1f} ± '
             f'{100 * accuracy[1][1]:.1f} % ({comparison(*accuracy, True, "points", 100, 1)}).',
         )
@@ -578,22 +575,23 @@ def render_report(results: dict[str, Any]) -> str:
     return '\n'.join(lines)
 
 
-def write_plots(report_dir: Path, results: dict[str, Any]) -> None:
-    """Per target, from ``results`` alone: held-out loss against tokens, accuracy per task, domain weights while
-    pruning."""
+def plots(results: dict[str, Any]) -> dict[str, Figure]:
+    """Per target, from ``results`` alone, by file name: held-out loss against tokens, accuracy per task, domain
+    weights while pruning."""
     task_titles = {task: values['title'] for task, values in results['task_settings']['tasks'].items()}
     chance = {
         values['title']: values['chance']
         for values in results['task_settings']['tasks'].values()
         if values['chance'] is not None
     }
+    figures = {}
     for name, target in results['targets'].items():
         curves = {
             label: [(np.asarray(tokens), np.asarray(losses)) for tokens, losses in runs]
             for label, runs in target['curves'].items()
         }
-        plot_loss_against_tokens(curves, f'Held-out loss against tokens: SmolLM2-135M pruned to {name}').savefig(
-            report_dir / f'loss_against_tokens_{name}.png', dpi=120
+        figures[f'loss_against_tokens_{name}.png'] = plot_loss_against_tokens(
+            curves, f'Held-out loss against tokens: SmolLM2-135M pruned to {name}',
         )
         scores = {
             MODELS[model]: {
@@ -602,15 +600,16 @@ def write_plots(report_dir: Path, results: dict[str, Any]) -> None:
             | {'average': float(np.mean([run['average'] for run in runs]))}
             for model, runs in target['models'].items()
         }
-        report.plot_task_accuracies(scores, chance).savefig(report_dir / f'task_accuracy_{name}.png', dpi=120)
+        figures[f'task_accuracy_{name}.png'] = report.plot_task_accuracies(scores, chance)
         weights = report.StageMetrics(
-            f'pruning to {name}, seed {results["seeds"][0]}',
+            f'pruning to {name}, seed {target["seeds"][0]}',
             {
                 report.PROPORTION_PREFIX + domain: list(zip(*series))
                 for domain, series in target['domain_weights'].items()
             },
         )
-        report.plot_domain_weights([weights], DOMAINS).savefig(report_dir / f'domain_weights_{name}.png', dpi=120)
+        figures[f'domain_weights_{name}.png'] = report.plot_domain_weights([weights], DOMAINS)
+    return figures
 
 
 SEED_INDEPENDENT_MODELS = ('source', 'oneshot_pruned')
@@ -697,10 +696,9 @@ def run_experiment(
         target_dir = output_dir / target.name
         oneshot_dir = target_dir / 'oneshot' / 'pruned'
         oneshot_arguments = prune_oneshot_command(settings, target, source, data_dir, oneshot_dir)
-        ledger.run(
-            f'prune-oneshot ({target.name}, activation)', 0, lambda: run_llmshearing(oneshot_arguments), oneshot_dir,
-        )
-        stage_commands.append(shlex.join(['llmshearing', *oneshot_arguments]))
+        stage_commands.append(llmshearing_stage(
+            ledger, f'prune-oneshot ({target.name}, activation)', oneshot_arguments, oneshot_dir,
+        ))
         init_overrides = shearing_init.overrides(oneshot_dir / 'importance.json')
         folders = model_dirs[target.name] = {name: [] for name in MODELS}
         folders['source'].append(source)
@@ -787,10 +785,7 @@ def run_experiment(
     }
     for include in includes:
         results = include_run(include, results)
-    report_dir = output_dir / 'report'
-    report_dir.mkdir()
-    write_plots(report_dir, results)
-    return write_results(report_dir, results, started, render_report)
+    return write_results(output_dir, results, started, render_report, plots(results))
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -380,8 +380,6 @@ def run_experiment(
         'stage_commands': [source.command, *(run.command for named in runs_by_seed.values() for run in named.values())],
     }
 
-    report_dir = output_dir / 'report'
-    report_dir.mkdir()
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for named in runs_by_seed.values():
         curves.setdefault('pruned + continued (doremi)', []).append(
@@ -395,10 +393,11 @@ def run_experiment(
     source_metrics = source.metrics()
     results['source_curve'] = [values.tolist() for values in eval_curve(source_metrics, settings.tokens_per_batch)]
     doremi_metrics = [run.metrics() for named in runs_by_seed.values() for run in (named['pruned'], named['continued'])]
-    report.plot_domain_losses([source_metrics], DOMAINS).savefig(report_dir / 'source_loss.png', dpi=120)
-    plot_loss_against_tokens(curves).savefig(report_dir / 'loss_against_tokens.png', dpi=120)
-    report.plot_domain_weights(doremi_metrics, DOMAINS).savefig(report_dir / 'domain_weights.png', dpi=120)
-    return write_results(report_dir, results, started, render_report)
+    return write_results(output_dir, results, started, render_report, {
+        'source_loss.png': report.plot_domain_losses([source_metrics], DOMAINS),
+        'loss_against_tokens.png': plot_loss_against_tokens(curves),
+        'domain_weights.png': report.plot_domain_weights(doremi_metrics, DOMAINS),
+    })
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -6,13 +6,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 
 import pytest
 
 from scripts.experiments import shearing_vs_scratch as experiment
-from tests.paths import SHARED
+from tests.paths import SHARED, experiment_test
 
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
@@ -25,10 +24,7 @@ pytestmark = [
 ]
 
 
-@pytest.mark.skipif(
-    os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='about 95 s on 2 cores (every stage, two seeds): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
-)
+@experiment_test('about 95 s on 2 cores (every stage, two seeds)')
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
     smallest = dataclasses.replace(
         experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, source_evaluations=2,

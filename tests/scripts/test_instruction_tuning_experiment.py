@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
 
 from scripts.experiments import instruction_tuning as experiment
 from scripts.experiments import real_model
-from tests.paths import SHARED
+from tests.paths import SHARED, experiment_test
 from tests.scripts.test_real_model_experiment import NUMBER, numbers
 
 
@@ -104,10 +103,8 @@ def test_metrics_show_the_standard_error_where_lm_eval_gives_one():
     or not (SHARED / 'data' / 'redpajama-sample').is_dir(),
     reason='needs ../shared/data/instructions (IFEval prompts, seed tasks) and ../shared/data/redpajama-sample',
 )
-@pytest.mark.skipif(
-    os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='a few minutes on 2 quiet cores (SmolLM2 pruned, tuned for 4 steps, 3 models on 3 IFEval prompts, '
-    'two comparisons): set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
+@experiment_test(
+    'a few minutes on 2 quiet cores (SmolLM2 pruned, tuned for 4 steps, 3 models on 3 IFEval prompts, two comparisons)'
 )
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
     output_dir = tmp_path / 'run'

@@ -7,7 +7,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,9 @@ import pytest
 
 from scripts.experiments import real_model as experiment
 from scripts.experiments.common import StageLedger, TrainingRun
-from tests.paths import SHARED
+from tests.paths import SHARED, experiment_test
 
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (SHARED / 'data' / 'redpajama-sample').is_dir() or not (SHARED / 'data' / 'eval-tasks').is_dir(),
-        reason='needs ../shared/data/redpajama-sample and ../shared/data/eval-tasks',
-    ),
-]
 
 
 def numbers(value: Any) -> Iterator[float]:
@@ -134,11 +125,12 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
         stage.run()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
-    os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
-    reason='about 8 minutes on 2 quiet cores (SmolLM2 through 15 steps, two targets): '
-    'set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
+    not (SHARED / 'data' / 'redpajama-sample').is_dir() or not (SHARED / 'data' / 'eval-tasks').is_dir(),
+    reason='needs ../shared/data/redpajama-sample and ../shared/data/eval-tasks',
 )
+@experiment_test('about 8 minutes on 2 quiet cores (SmolLM2 through 15 steps, two targets)')
 def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
     output_dir = tmp_path / 'run'
     experiment.main(['--quick', '--seeds', '1', '--output', str(output_dir)])

@@ -16,6 +16,7 @@ from llmshearing.pruning.hard_concrete import (
     keep_probability,
     sample_hard_concrete,
 )
+from tests.pruning.gates import log_alpha_keeping
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 MHA = ModelShape(
@@ -141,13 +142,6 @@ def test_constrain_parameters_clamps_log_alpha():
         mask.log_alpha.copy_(torch.tensor([-50.0, 0.0, 50.0]))
     mask.constrain_parameters()
     assert mask.log_alpha.tolist() == pytest.approx([LOG_ALPHA_MIN, 0.0, LOG_ALPHA_MAX])
-
-
-def log_alpha_keeping(probabilities) -> torch.Tensor:
-    """Log-alphas whose gates are non-zero with these probabilities: P(z > 0) = sigmoid(log_alpha + (2/3) ln 11) for
-    the stretch (-0.1, 1.1) and temperature 2/3 of Louizos et al."""
-    p = torch.as_tensor(probabilities, dtype=torch.float64)
-    return (torch.log(p) - torch.log1p(-p) - 2 / 3 * math.log(11)).float()
 
 
 def test_lagrangian_holds_every_row_to_the_target_with_hand_worked_values():

@@ -1,11 +1,17 @@
-"""Invariant 1: the masked eval forward equals the forward of the physically pruned model."""
+"""Invariant 1: the masked eval forward equals the forward of the physically pruned model, and the pruned model
+equals the source Hugging Face model with every mask value multiplied into its full-width weights."""
 
 from __future__ import annotations
 
+import copy
+import math
+
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from llmshearing.pruning import attach_masks, prune_model
+from llmshearing.pruning.l0_module import StructureMasks
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
@@ -110,3 +116,83 @@ def test_pruned_model_converts_dtype():
 def test_prune_model_without_masks_is_an_error():
     with pytest.raises(ValueError, match='call attach_masks first'):
         prune_model(FAMILIES['llama_mha']())
+
+
+def scaled_source(source: PreTrainedModel, masks: StructureMasks) -> PreTrainedModel:
+    """The source model at full width with the masks multiplied into its weights, built with plain HF modules.
+
+    The token embedding's columns and every residual branch's output rows (``o_proj``, ``down_proj``) carry the
+    hidden mask, those branches also their layer's gate, ``o_proj``'s input columns the query heads' masks and
+    ``down_proj``'s the MLP channels': outside the kept hidden dimensions the residual stream is zero. A pruned model's
+    RMSNorm averages over the k kept dimensions of n; HF's averages over all n, which a weight times sqrt(k / n) and an
+    epsilon times k / n turn into the same: sqrt(k/n) x / sqrt(|x|^2 / n + eps k / n) = x / sqrt(|x|^2 / k + eps).
+    A tied output layer stays the unscaled embedding (the final norm's output carries the hidden mask).
+    """
+    config = copy.deepcopy(source.config)
+    config.tie_word_embeddings = False
+    hidden = masks.hidden
+    kept_fraction = (hidden != 0).sum().item() / hidden.numel()
+    config.rms_norm_eps = source.config.rms_norm_eps * kept_fraction
+    state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
+    state['lm_head.weight'] = source.get_output_embeddings().weight.detach().clone()
+    norm_scale = hidden * math.sqrt(kept_fraction)
+    state['model.embed_tokens.weight'] *= hidden
+    state['model.norm.weight'] *= norm_scale
+    for index in range(config.num_hidden_layers):
+        prefix = f'model.layers.{index}'
+        residual = (hidden * masks.layer[index]).unsqueeze(-1)
+        state[f'{prefix}.input_layernorm.weight'] *= norm_scale
+        state[f'{prefix}.post_attention_layernorm.weight'] *= norm_scale
+        attention_output = state[f'{prefix}.self_attn.o_proj.weight']  # (hidden, heads * head_dim)
+        head_dim = attention_output.shape[1] // config.num_attention_heads
+        attention_output *= residual * masks.query_heads[index].repeat_interleave(head_dim)
+        state[f'{prefix}.mlp.down_proj.weight'] *= residual * masks.intermediate[index]
+    reference = type(source)(config)
+    reference.load_state_dict(state, strict=True)
+    return reference.eval()
+
+
+def hand_masks(l0_module, values: str, generator: torch.Generator) -> StructureMasks:
+    """Masks that keep the final shape's counts of randomly chosen structures, with values 1 (``binary``) or in
+    [0.3, 0.9] (``scaled``)."""
+    source, target = l0_module.source, l0_module.final_shape()
+
+    def gates(rows: tuple[int, ...], size: int, num_kept: int) -> torch.Tensor:
+        kept = torch.rand(*rows, size, generator=generator).argsort(-1)[..., :num_kept]
+        value = torch.ones(*rows, num_kept) if values == 'binary' else 0.3 + 0.6 * torch.rand(*rows, num_kept)
+        return torch.zeros(*rows, size).scatter_(-1, kept, value)
+
+    layers = source.num_hidden_layers
+    if source.is_multi_head:
+        query_heads = kv_heads = gates((layers,), source.num_attention_heads, target.num_attention_heads)
+    else:
+        kv_heads = gates((layers,), source.num_key_value_heads, target.num_key_value_heads)
+        within = gates((layers, source.num_key_value_heads), source.num_query_groups, target.num_query_groups)
+        query_heads = (within * kv_heads.unsqueeze(-1)).reshape(layers, source.num_attention_heads)
+    return StructureMasks(
+        layer=gates((), layers, target.num_hidden_layers),
+        query_heads=query_heads,
+        kv_heads=kv_heads,
+        intermediate=gates((layers,), source.intermediate_size, target.intermediate_size),
+        hidden=gates((), source.hidden_size, target.hidden_size),
+    )
+
+
+FULL_CASES = {family: cases[-1] for family, cases in CASES.items()}
+
+
+@pytest.mark.parametrize('values', ['binary', 'scaled'])
+@pytest.mark.parametrize('family', list(FULL_CASES))
+def test_pruned_model_equals_the_source_with_the_masks_in_its_weights(family, values):
+    """0/1 masks: the pruned model is the source with the dropped heads, channels, layers and hidden dimensions zeroed;
+    real-valued masks: the source with its weights scaled. The reference is a plain HF model, not the masked forward."""
+    modules, target = FULL_CASES[family]
+    source = FAMILIES[family]()
+    model = copy.deepcopy(source)
+    l0_module = attach_masks(model, target, modules)
+    masks = hand_masks(l0_module, values, torch.Generator().manual_seed(0))
+    input_ids = torch.randint(0, VOCAB_SIZE, (2, 16))
+    with torch.no_grad():
+        pruned_logits = prune_model(model.eval(), masks=masks)(input_ids).logits
+        expected = scaled_source(source, masks)(input_ids).logits
+    assert (pruned_logits - expected).abs().max().item() <= 1e-5

@@ -16,7 +16,7 @@ from llmshearing.pruning.hard_concrete import (
     keep_probability,
     sample_hard_concrete,
 )
-from tests.pruning.gates import log_alpha_keeping
+from tests.pruning.references import log_alpha_keeping
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 MHA = ModelShape(

@@ -4,14 +4,13 @@ equals the source Hugging Face model with every mask value multiplied into its f
 from __future__ import annotations
 
 import copy
-import math
 
 import pytest
 import torch
-from transformers import PreTrainedModel
 
 from llmshearing.pruning import attach_masks, prune_model
 from llmshearing.pruning.l0_module import StructureMasks
+from tests.pruning.references import scaled_source
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
@@ -116,40 +115,6 @@ def test_pruned_model_converts_dtype():
 def test_prune_model_without_masks_is_an_error():
     with pytest.raises(ValueError, match='call attach_masks first'):
         prune_model(FAMILIES['llama_mha']())
-
-
-def scaled_source(source: PreTrainedModel, masks: StructureMasks) -> PreTrainedModel:
-    """The source model at full width with the masks multiplied into its weights, built with plain HF modules.
-
-    The token embedding's columns and every residual branch's output rows (``o_proj``, ``down_proj``) carry the
-    hidden mask, those branches also their layer's gate, ``o_proj``'s input columns the query heads' masks and
-    ``down_proj``'s the MLP channels': outside the kept hidden dimensions the residual stream is zero. A pruned model's
-    RMSNorm averages over the k kept dimensions of n; HF's averages over all n, which a weight times sqrt(k / n) and an
-    epsilon times k / n turn into the same: sqrt(k/n) x / sqrt(|x|^2 / n + eps k / n) = x / sqrt(|x|^2 / k + eps).
-    A tied output layer stays the unscaled embedding (the final norm's output carries the hidden mask).
-    """
-    config = copy.deepcopy(source.config)
-    config.tie_word_embeddings = False
-    hidden = masks.hidden
-    kept_fraction = (hidden != 0).sum().item() / hidden.numel()
-    config.rms_norm_eps = source.config.rms_norm_eps * kept_fraction
-    state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
-    state['lm_head.weight'] = source.get_output_embeddings().weight.detach().clone()
-    norm_scale = hidden * math.sqrt(kept_fraction)
-    state['model.embed_tokens.weight'] *= hidden
-    state['model.norm.weight'] *= norm_scale
-    for index in range(config.num_hidden_layers):
-        prefix = f'model.layers.{index}'
-        residual = (hidden * masks.layer[index]).unsqueeze(-1)
-        state[f'{prefix}.input_layernorm.weight'] *= norm_scale
-        state[f'{prefix}.post_attention_layernorm.weight'] *= norm_scale
-        attention_output = state[f'{prefix}.self_attn.o_proj.weight']  # (hidden, heads * head_dim)
-        head_dim = attention_output.shape[1] // config.num_attention_heads
-        attention_output *= residual * masks.query_heads[index].repeat_interleave(head_dim)
-        state[f'{prefix}.mlp.down_proj.weight'] *= residual * masks.intermediate[index]
-    reference = type(source)(config)
-    reference.load_state_dict(state, strict=True)
-    return reference.eval()
 
 
 def hand_masks(l0_module, values: str, generator: torch.Generator) -> StructureMasks:

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
-from tests.pruning.gates import log_alpha_keeping
+from tests.pruning.references import log_alpha_keeping
 from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}

@@ -20,7 +20,7 @@ def log_alpha_keeping(probabilities) -> torch.Tensor:
     return (torch.log(p) - torch.log1p(-p) - 2 / 3 * math.log(11)).float()
 
 
-def scaled_source(source: PreTrainedModel, masks: StructureMasks) -> PreTrainedModel:
+def scaled_source(source: PreTrainedModel, masks: StructureMasks, scale_embedding: bool = True) -> PreTrainedModel:
     """The source model at full width with the masks multiplied into its weights, built with plain HF modules.
 
     The token embedding's columns and every residual branch's output rows (``o_proj``, ``down_proj``) carry the
@@ -29,6 +29,7 @@ def scaled_source(source: PreTrainedModel, masks: StructureMasks) -> PreTrainedM
     RMSNorm averages over the k kept dimensions of n; HF's averages over all n, which a weight times sqrt(k / n) and an
     epsilon times k / n turn into the same: sqrt(k/n) x / sqrt(|x|^2 / n + eps k / n) = x / sqrt(|x|^2 / k + eps).
     A tied output layer stays the unscaled embedding (the final norm's output carries the hidden mask).
+    ``scale_embedding=False``: the embedding's kept columns stay as they are (its dropped ones are zeroed).
     """
     config = copy.deepcopy(source.config)
     config.tie_word_embeddings = False
@@ -38,7 +39,7 @@ def scaled_source(source: PreTrainedModel, masks: StructureMasks) -> PreTrainedM
     state = {name: tensor.detach().clone() for name, tensor in source.state_dict().items()}
     state['lm_head.weight'] = source.get_output_embeddings().weight.detach().clone()
     norm_scale = hidden * math.sqrt(kept_fraction)
-    state['model.embed_tokens.weight'] *= hidden
+    state['model.embed_tokens.weight'] *= hidden if scale_embedding else (hidden != 0).float()
     state['model.norm.weight'] *= norm_scale
     for index in range(config.num_hidden_layers):
         prefix = f'model.layers.{index}'

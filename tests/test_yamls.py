@@ -151,6 +151,32 @@ def _is_instruction_tuning(recipe: DictConfig) -> bool:
     return recipe.train_loader.name == 'finetuning'
 
 
+def expected_pruning(
+    shearing: DictConfig, source: dict
+) -> tuple[dict[str, tuple[tuple[int, ...], int]], dict[str, int]]:
+    """From a recipe's ``algorithms.shearing`` and the source's ``config.json`` alone: each pruning module's mask shape
+    and the number of gates it keeps per row, and the sizes of the pruned model (the source's where the target
+    names none)."""
+    layers, heads, hidden = source['num_hidden_layers'], source['num_attention_heads'], source['hidden_size']
+    kv_heads = source.get('num_key_value_heads') or heads
+    sizes = {field: source[field] for field in ('hidden_size', 'intermediate_size', 'num_hidden_layers')}
+    sizes |= {'num_attention_heads': heads, 'num_key_value_heads': kv_heads} | dict(shearing.target)
+    if kv_heads == heads and 'num_key_value_heads' not in shearing.target:  # multi-head attention stays so
+        sizes['num_key_value_heads'] = sizes['num_attention_heads']
+    head_mask = (
+        ((layers, heads), sizes['num_attention_heads']) if kv_heads == heads
+        else ((layers, kv_heads, heads // kv_heads), sizes['num_attention_heads'] // sizes['num_key_value_heads'])
+    )
+    masks = {
+        'layer': ((layers,), sizes['num_hidden_layers']),
+        'head': head_mask,
+        'kv_head': ((layers, kv_heads), sizes['num_key_value_heads']),
+        'intermediate': ((layers, source['intermediate_size']), sizes['intermediate_size']),
+        'hidden': ((hidden,), sizes['hidden_size']),
+    }
+    return {module: masks[module] for module in shearing.pruning_modules}, sizes
+
+
 @pytest.mark.parametrize('yaml_path', YAMLS, ids=[f'{p.parent.name}/{p.stem}' for p in YAMLS])
 def test_yaml_builds(yaml_path, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
@@ -194,7 +220,11 @@ def test_yaml_builds(yaml_path, workspace, monkeypatch):
             continue
         assert isinstance(algorithm, Shearing)
         l0_module = apply_shearing(model.model, None, **{k: v for k, v in algorithm.mask_config().items()})
-        assert l0_module.final_shape() == l0_module.source.with_target(kwargs['target'])
+        source_config = json.loads((model_path / 'config.json').read_text())
+        masks, final_sizes = expected_pruning(recipe.algorithms.shearing, source_config)
+        assert {kind: (mask.shape, mask.num_kept) for kind, mask in l0_module.masks.items()} == masks
+        final_shape = l0_module.final_shape()
+        assert {field: getattr(final_shape, field) for field in final_sizes} == final_sizes
 
     if source is not None:  # the real recipes clip as the original recipe does
         assert 'gradient_clipping' in train_config.algorithms

@@ -1,7 +1,9 @@
-"""The ``distillation`` algorithm: ``kd_loss`` against a direct ``F.kl_div``, the loss mix (alpha 0 is the LM loss,
-an identical teacher gives KD 0), the combination with ``shearing`` in either order, gradient accumulation,
-the teacher kept out of the optimizer and checkpoints, FSDP wrapping like the student's, the errors before
-training, and a real ``train.py`` run with ``shearing`` and ``dynamic_loading`` that writes a pruned model."""
+"""The ``distillation`` algorithm: ``kd_loss`` against a direct ``F.kl_div``, the trainer's KD on a batch with
+prompt and padding labels against the KL of the models' own logits over the predicted positions, the loss mix
+(alpha 0 is the LM loss, an identical teacher gives KD 0), the combination with ``shearing`` in either order,
+gradient accumulation, the teacher kept out of the optimizer and checkpoints, FSDP wrapping like the student's, the
+errors before training, and a real ``train.py`` run with ``shearing`` and ``dynamic_loading`` that writes a pruned
+model."""
 
 from __future__ import annotations
 
@@ -37,14 +39,13 @@ DOMAINS = ['code', 'reference', 'docs']
 TARGET = {'hidden_size': 48, 'num_attention_heads': 2, 'intermediate_size': 64, 'num_hidden_layers': 3}
 
 
-def reference_kd(
-    student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
+def reference_kd(student: torch.Tensor, teacher: torch.Tensor, kept: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``F.kl_div`` of the tempered distributions, averaged over the ``kept`` positions, times ``T²``."""
     per_position = F.kl_div(
         F.log_softmax(student / temperature, dim=-1), F.log_softmax(teacher / temperature, dim=-1),
         log_target=True, reduction='none',
     ).sum(-1)
-    return per_position[targets != -100].mean() * temperature**2
+    return per_position[kept].mean() * temperature**2
 
 
 @pytest.mark.parametrize('temperature', [1.0, 2.5])
@@ -59,7 +60,7 @@ def test_kd_loss_equals_kl_div_with_ignored_positions(temperature, chunk_size):
     loss = kd_loss(student, teacher, targets, temperature, chunk_size)
     (gradient,) = torch.autograd.grad(loss, student)
     reference_student = student.detach().clone().requires_grad_()
-    expected = reference_kd(reference_student, teacher, targets, temperature)
+    expected = reference_kd(reference_student, teacher, targets != -100, temperature)
     (expected_gradient,) = torch.autograd.grad(expected, reference_student)
 
     assert loss.dtype == torch.float32 and loss.shape == ()
@@ -72,7 +73,7 @@ def test_kd_loss_without_labels_averages_every_position_and_keeps_the_logits_dty
     student = torch.randn(2, 6, 40, dtype=torch.bfloat16, requires_grad=True)
     teacher = torch.randn(2, 6, 40, dtype=torch.bfloat16)
     loss = kd_loss(student, teacher, chunk_size=4)
-    expected = reference_kd(student.detach().float(), teacher.float(), torch.zeros(2, 6, dtype=torch.long), 1.0)
+    expected = reference_kd(student.detach().float(), teacher.float(), torch.ones(2, 6, dtype=torch.bool), 1.0)
     torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
     loss.backward()
     assert student.grad.dtype == torch.bfloat16 and student.grad.shape == student.shape
@@ -151,7 +152,11 @@ class _RecordLosses(Callback):
 
 
 def _train(
-    toy: dict[str, Path], algorithms: list, microbatch_size: int, steps: int = 2
+    toy: dict[str, Path],
+    algorithms: list,
+    microbatch_size: int,
+    steps: int = 2,
+    batches: list[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[Trainer, _RecordLosses]:
     torch.manual_seed(0)
     tokenizer = byte_level_tokenizer()
@@ -160,7 +165,7 @@ def _train(
         {'pretrained_model_name_or_path': str(toy['student']), 'pretrained': True, 'use_train_metrics': False},
         tokenizer,
     )
-    batches = [_batch(num_samples=2) for _ in range(steps)]
+    batches = batches if batches is not None else [_batch(num_samples=2) for _ in range(steps)]
     recorder = _RecordLosses()
     trainer = Trainer(
         model=model, train_dataloader=batches, max_duration=f'{steps}ba', algorithms=algorithms,
@@ -192,6 +197,42 @@ def test_with_shearing_in_either_order_the_total_is_kd_lm_and_lagrangian(toy):
         )
     first_state, second_state = first_trainer.state.model.state_dict(), second_trainer.state.model.state_dict()
     assert all(torch.equal(tensor, second_state[name]) for name, tensor in first_state.items())
+
+
+def test_the_trainers_kd_is_the_kl_of_the_models_logits_over_the_predicted_positions(toy):
+    """A batch with a 4-token prompt and right padding, both labelled -100: the KD that the trainer mixes in is the KL
+    of the teacher's and the student's own next-token distributions (each model called directly) averaged over the
+    positions whose *next* label is a real token, and the mix is alpha * KD + (1 - alpha) * the student's LM loss."""
+    seq_len, prompt, lengths = 16, 4, (16, 12)  # the second sample is padded after 12 tokens
+    input_ids = _batch(num_samples=2, seq_len=seq_len)['input_ids']
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, lengths[1]:] = 0
+    labels = input_ids.clone()
+    labels[:, :prompt] = -100
+    labels[1, lengths[1]:] = -100
+    batch = {'input_ids': input_ids, 'attention_mask': attention_mask, 'labels': labels}
+    # Position t predicts token t + 1: sample 0 predicts tokens 4..15 at positions 3..14, sample 1 tokens 4..11 at
+    # positions 3..10 (the last position of a sample predicts nothing).
+    predicting = torch.zeros(2, seq_len, dtype=torch.bool)
+    predicting[0, 3:15] = True
+    predicting[1, 3:11] = True
+
+    alpha, temperature = 0.5, 2.0
+    _, recorder = _train(
+        toy, [Distillation(str(toy['teacher']), alpha=alpha, temperature=temperature)], microbatch_size=2, steps=1,
+        batches=[batch],
+    )
+
+    student = AutoModelForCausalLM.from_pretrained(toy['student']).eval()
+    teacher = AutoModelForCausalLM.from_pretrained(toy['teacher']).eval()
+    with torch.no_grad():
+        student_outputs = student(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        teacher_logits = teacher(input_ids=input_ids, attention_mask=attention_mask).logits
+    expected_kd = reference_kd(student_outputs.logits, teacher_logits, predicting, temperature).item()
+    [losses] = recorder.losses
+    assert losses['kd'] == pytest.approx(expected_kd, rel=1e-5)
+    assert losses['lm'] == pytest.approx(student_outputs.loss.item(), rel=1e-5)
+    assert losses['total'] == pytest.approx(alpha * expected_kd + (1 - alpha) * student_outputs.loss.item(), rel=1e-5)
 
 
 def test_gradient_accumulation_and_the_teacher_stays_out_of_optimizer_and_checkpoint(toy):

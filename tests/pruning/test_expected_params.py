@@ -1,4 +1,5 @@
-"""Invariant 2: the L0 module's expected parameter count at the target masks is the HF model's exact count."""
+"""Invariant 2: the L0 module's expected parameter count at the target masks is the HF model's exact count, and at
+any keep probabilities the expected number of a real HF model's parameters that survive."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from llmshearing.pruning import L0Module, ModelShape
+from tests.tiny_models import tiny_gqa_llama, tiny_llama, tiny_qwen2
 
 LLAMA2_7B = LlamaConfig(
     hidden_size=4096, num_attention_heads=32, num_hidden_layers=32, intermediate_size=11008, vocab_size=32000
@@ -125,3 +127,68 @@ def test_expected_params_follow_keep_probabilities():
     hidden, heads, intermediate = 4.0, 2.0, 3.0
     per_layer = hidden * 2 * (4 * heads) + 3 * hidden * intermediate + 2 * hidden
     assert l0_module.expected_num_params(half).item() == pytest.approx(2 * 0.5 * per_layer + hidden)
+
+
+def survival_probability(name: str, shape: torch.Size, keep: dict[str, torch.Tensor], head_dim: int) -> torch.Tensor:
+    """For every element of the HF parameter ``name``: the probability that it survives, the product of the keep
+    probabilities of the distinct structures it belongs to (its layer, the hidden dimension it reads or writes, its
+    query or key/value head, its MLP channel)."""
+    hidden = keep['hidden']
+    if name == 'model.norm.weight':
+        return hidden
+    _, _, layer_index, module, *rest = name.split('.')
+    layer = int(layer_index)
+    kept_layer = keep['layer'][layer]
+    query_heads = keep['query_heads'][layer].repeat_interleave(head_dim)
+    kv_heads = keep['kv_heads'][layer].repeat_interleave(head_dim)
+    channels = keep['intermediate'][layer]
+    reads = {  # (output rows, input columns) of each weight
+        'q_proj': (query_heads, hidden), 'k_proj': (kv_heads, hidden), 'v_proj': (kv_heads, hidden),
+        'o_proj': (hidden, query_heads), 'gate_proj': (channels, hidden), 'up_proj': (channels, hidden),
+        'down_proj': (hidden, channels),
+    }
+    if module in ('input_layernorm', 'post_attention_layernorm'):
+        probability = hidden
+    else:
+        rows, columns = reads[rest[0]]
+        probability = rows.unsqueeze(-1) * columns if rest[1] == 'weight' else rows
+    assert probability.shape == shape, name
+    return kept_layer * probability
+
+
+@pytest.mark.parametrize(
+    ('make_model', 'modules'),
+    [
+        (lambda: tiny_llama(attention_bias=True, mlp_bias=True), ALL_MODULES),
+        (tiny_gqa_llama, GQA_MODULES),
+        (tiny_qwen2, GQA_MODULES),
+    ],
+    ids=['llama_mha_all_biases', 'llama3_gqa', 'qwen2_qkv_biases_tied'],
+)
+def test_expected_params_are_the_expected_number_of_surviving_hf_parameters(make_model, modules):
+    """Random keep probabilities per structure, each gate independent: the expected count is the sum, over every
+    non-embedding parameter element of the HF model, of the probability that all the structures it belongs to
+    are kept."""
+    model = make_model()
+    shape = ModelShape.from_config(model.config)
+    l0_module = L0Module(shape, modules, target={})
+    generator = torch.Generator().manual_seed(0)
+    keep = {
+        kind: torch.rand(mask.shape, generator=generator, dtype=torch.float64)
+        for kind, mask in l0_module.masks.items()
+    }
+    layers = shape.num_hidden_layers
+    if shape.is_multi_head:  # a head and its key/value head are one structure
+        query_heads = kv_heads = keep['head']
+    else:  # query head h belongs to key/value head h // groups
+        query_heads = (keep['head'] * keep['kv_head'].unsqueeze(-1)).reshape(layers, shape.num_attention_heads)
+        kv_heads = keep['kv_head']
+    structures = {'layer': keep['layer'], 'hidden': keep['hidden'], 'intermediate': keep['intermediate'],
+                  'query_heads': query_heads, 'kv_heads': kv_heads}
+    embedding_ids = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    expected = sum(
+        survival_probability(name, parameter.shape, structures, shape.head_dim).sum().item()
+        for name, parameter in model.named_parameters()
+        if id(parameter) not in embedding_ids
+    )
+    assert l0_module.expected_num_params(keep).item() == pytest.approx(expected, rel=1e-9)

@@ -16,6 +16,7 @@ from llmshearing.pruning.hard_concrete import (
     keep_probability,
     sample_hard_concrete,
 )
+from tests.pruning.references import log_alpha_keeping
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 MHA = ModelShape(
@@ -35,6 +36,33 @@ def test_keep_probability_matches_the_sampling_distribution():
     expected = keep_probability(log_alpha[0])
     # Binomial standard error with n = 20000 is at most 0.0036: allow 5 of them.
     assert torch.allclose(empirical, expected, atol=0.018)
+
+
+def test_keep_probability_and_deterministic_values_match_hand_worked_numbers():
+    # Stretch (l, r) = (-0.1, 1.1), temperature 2/3: z > 0 iff the concrete sample s > 1/12, so
+    # P(z > 0) = sigmoid(log_alpha - (2/3) ln(1/11)) = 1 / (1 + exp(-log_alpha) * 11^(-2/3)).
+    log_alpha = torch.tensor([0.0, -2.0, math.log(100.0)])
+    assert keep_probability(log_alpha).tolist() == pytest.approx(
+        [1 / (1 + 11 ** (-2 / 3)), 1 / (1 + math.e**2 * 11 ** (-2 / 3)), 1 / (1 + 11 ** (-2 / 3) / 100)], abs=1e-6
+    )  # 0.83182, 0.40098, 0.99798
+    # A kept deterministic gate carries sigmoid(0.8 * log_alpha / (2/3)) = sigmoid(1.2 * log_alpha).
+    mask = HardConcreteMask((3,), num_kept=3)
+    with torch.no_grad():
+        mask.log_alpha.copy_(torch.tensor([0.0, -1.0, math.log(100.0)]))
+    assert mask.deterministic().tolist() == pytest.approx([0.5, 1 / (1 + math.exp(1.2)), 1 / (1 + 100**-1.2)], abs=1e-6)
+
+
+def test_a_sample_is_the_stretched_concrete_of_its_uniform_draw():
+    """z = clamp(1.2 * sigmoid(1.5 * (ln u - ln(1 - u) + log_alpha)) - 0.1, 0, 1) for the uniform u that the
+    generator draws; z > 0 exactly where u > 1 - P(z > 0)."""
+    log_alpha = torch.tensor([-2.0, 0.0, 1.5]).repeat(200, 1)
+    samples = sample_hard_concrete(log_alpha, torch.Generator().manual_seed(7))
+    u = torch.empty_like(log_alpha).uniform_(1e-6, 1 - 1e-6, generator=torch.Generator().manual_seed(7))
+    concrete = 1 / (1 + torch.exp(-1.5 * (torch.log(u) - torch.log(1 - u) + log_alpha)))
+    torch.testing.assert_close(samples, (1.2 * concrete - 0.1).clamp(0, 1), rtol=1e-5, atol=1e-6)
+    keep = 1 / (1 + torch.exp(-log_alpha) * 11 ** (-2 / 3))
+    assert torch.equal(samples > 0, u > 1 - keep)
+    assert (samples == 0).any() and (samples == 1).any() and ((samples > 0) & (samples < 1)).any()
 
 
 def test_keep_probability_gradient_flows_to_log_alpha():
@@ -66,19 +94,54 @@ def test_deterministic_gates_keep_top_scores_with_their_values():
     assert torch.equal(gates[gates != 0], expected[gates != 0])
 
 
+def test_deterministic_masks_keep_the_structures_with_the_highest_log_alphas():
+    """Hand-chosen log-alphas, the kept indices written out: layers, hidden dimensions, MLP channels per layer,
+    key/value heads per layer and query heads per key/value group are each the top of their own row."""
+    shape = ModelShape(
+        hidden_size=6, num_attention_heads=8, num_key_value_heads=2, head_dim=2, intermediate_size=5,
+        num_hidden_layers=3,
+    )
+    target = {'hidden_size': 3, 'num_attention_heads': 2, 'num_key_value_heads': 1, 'intermediate_size': 2,
+              'num_hidden_layers': 2}
+    l0_module = L0Module(shape, ['layer', 'head', 'kv_head', 'intermediate', 'hidden'], target)
+    log_alphas = {
+        'layer': [0.5, -1.0, 2.0],
+        'hidden': [0.1, 3.0, -2.0, 1.0, 0.0, 2.0],
+        'intermediate': [[1.0, 0.0, 3.0, -1.0, 2.0], [-1.0, -2.0, 0.0, 4.0, 1.0], [4.0, 3.0, -3.0, 0.0, -4.0]],
+        'kv_head': [[1.0, -1.0], [-1.0, 1.0], [0.5, 2.0]],
+        # (layer, kv group, query head in the group): 2 of 4 kept per group.
+        'head': [[[0.0, 2.0, 1.0, -1.0], [3.0, -3.0, 0.0, 0.0]],
+                 [[1.0, 1.5, 2.0, 2.5], [2.0, -1.0, 3.0, 0.5]],
+                 [[0.0, 0.0, 0.0, 0.0], [-2.0, 1.0, -1.0, 1.5]]],
+    }
+    with torch.no_grad():
+        for kind, values in log_alphas.items():
+            l0_module.masks[kind].log_alpha.copy_(torch.tensor(values))
+    masks = l0_module.deterministic_masks()
+
+    def kept(mask: torch.Tensor) -> list:
+        """The indices of the nonzero gates of every row."""
+        return torch.nonzero(mask).flatten().tolist() if mask.dim() == 1 else [kept(row) for row in mask]
+
+    assert kept(masks.layer) == [0, 2]
+    assert kept(masks.hidden) == [1, 3, 5]
+    assert kept(masks.intermediate) == [[2, 4], [3, 4], [0, 1]]
+    assert kept(masks.kv_heads) == [[0], [1], [1]]
+    # Query head h is head h % 4 of group h // 4: layer 0 keeps group 0's heads 1, 2; layer 1 group 1's heads 0, 2;
+    # layer 2 group 1's heads 1, 3.
+    assert kept(masks.query_heads) == [[1, 2], [4, 6], [5, 7]]
+    # A kept query head carries its own gate times its key/value head's: sigmoid(1.2 * 2) * sigmoid(1.2 * 1) in
+    # layer 0, head 1.
+    assert masks.query_heads[0, 1].item() == pytest.approx(0.916827 * 0.768525, abs=1e-5)
+    assert masks.hidden[1].item() == pytest.approx(0.973403, abs=1e-6)  # sigmoid(1.2 * 3)
+
+
 def test_constrain_parameters_clamps_log_alpha():
     mask = HardConcreteMask((3,), num_kept=1)
     with torch.no_grad():
         mask.log_alpha.copy_(torch.tensor([-50.0, 0.0, 50.0]))
     mask.constrain_parameters()
     assert mask.log_alpha.tolist() == pytest.approx([LOG_ALPHA_MIN, 0.0, LOG_ALPHA_MAX])
-
-
-def log_alpha_keeping(probabilities) -> torch.Tensor:
-    """Log-alphas whose gates are non-zero with these probabilities: P(z > 0) = sigmoid(log_alpha + (2/3) ln 11) for
-    the stretch (-0.1, 1.1) and temperature 2/3 of Louizos et al."""
-    p = torch.as_tensor(probabilities, dtype=torch.float64)
-    return (torch.log(p) - torch.log1p(-p) - 2 / 3 * math.log(11)).float()
 
 
 def test_lagrangian_holds_every_row_to_the_target_with_hand_worked_values():
@@ -125,11 +188,12 @@ def test_eval_at_the_expected_shape_keeps_each_rows_own_expected_count():
     shape = dataclasses.replace(MHA, intermediate_size=4, num_hidden_layers=2)
     l0_module = L0Module(shape, ['intermediate'], {'intermediate_size': 2}, eval_target_shape=False)
     with torch.no_grad():
-        # Expected counts 3.6 and 1.8: layer 0 keeps 4 channels, layer 1 its top 2 (one count for both would be 3).
-        l0_module.masks['intermediate'].log_alpha.copy_(log_alpha_keeping([[0.9] * 4, [0.9, 0.6, 0.2, 0.1]]))
+        # Expected counts 3.6 and 1.8: layer 0 keeps 4 channels, layer 1 its top 2, channels 1 and 3 (one count for
+        # both would be 3).
+        l0_module.masks['intermediate'].log_alpha.copy_(log_alpha_keeping([[0.9] * 4, [0.2, 0.9, 0.1, 0.6]]))
     l0_module.eval()
     kept = l0_module().intermediate != 0
-    assert kept.tolist() == [[True, True, True, True], [True, True, False, False]]
+    assert kept.tolist() == [[True, True, True, True], [False, True, False, True]]
 
 
 def test_all_kept_start_is_the_clamped_log_alpha_5_of_the_original_code():

@@ -3,7 +3,8 @@
 The checkpoints are made here in the original layout: a Composer checkpoint whose ``state.model`` holds
 ``model.transformer.*`` weights and ``model.l0_module`` masks, with the run's ``config.pt`` beside it. The
 reference is the original masked forward on its L0 path (the masks drawn by its ``l0_module`` after the
-token embedding, as in every pruning run) and its deterministic-mask rule, written out with tensor ops.
+token embedding, as in every pruning run), built as a plain Hugging Face Llama with the masks multiplied into its
+weights, and the original deterministic-mask rule, written out with tensor ops.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from llmshearing import cli
+from llmshearing.pruning.l0_module import StructureMasks
 from llmshearing.toy import byte_level_tokenizer
+from tests.pruning.references import scaled_source
 
 VOCAB_SIZE = len(byte_level_tokenizer())
 SOURCE = {'d_model': 32, 'n_heads': 4, 'n_layers': 3, 'intermediate_size': 48}
@@ -132,70 +134,53 @@ def original_zs(log_alphas: dict[str, torch.Tensor], target: dict[str, int] | No
     }
 
 
-def original_rms_norm(x: torch.Tensor, weight: torch.Tensor, hidden_z: torch.Tensor | None, eps: float):
-    """RMS over the kept hidden dimensions, then the weight and the hidden mask."""
-    kept = x if hidden_z is None else x[..., hidden_z != 0]
-    output = weight * (x * torch.rsqrt(kept.pow(2).mean(-1, keepdim=True) + eps))
-    return output if hidden_z is None else output * hidden_z
+HF_NAMES = {
+    'model.transformer.wte.weight': 'model.embed_tokens.weight',
+    'model.transformer.ln_f.weight': 'model.norm.weight',
+    'model.transformer.output.weight': 'lm_head.weight',
+}
+HF_BLOCK_NAMES = {
+    'ln_1': 'input_layernorm', 'ln_2': 'post_attention_layernorm', 'attn.wq': 'self_attn.q_proj',
+    'attn.wk': 'self_attn.k_proj', 'attn.wv': 'self_attn.v_proj', 'attn.out_proj': 'self_attn.o_proj',
+    'mlp.gate_proj': 'mlp.gate_proj', 'mlp.up_proj': 'mlp.up_proj', 'mlp.down_proj': 'mlp.down_proj',
+}
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def original_as_hf(weights: dict[str, torch.Tensor], zs: dict[str, torch.Tensor], eps: float) -> LlamaForCausalLM:
+    """The original ``LlamaModel.forward`` on its L0 path with the eval masks ``zs``, as a plain HF Llama.
 
-
-def original_masked_logits(
-    weights: dict[str, torch.Tensor],
-    zs: dict[str, torch.Tensor],
-    input_ids: torch.Tensor,
-    eps: float,
-) -> torch.Tensor:
-    """The original ``LlamaModel.forward`` on its L0 path with the eval masks ``zs``.
-
-    The masks are drawn after the token embedding, so the residual stream starts from the unscaled
-    embedding; each RMSNorm normalises over the kept hidden dimensions and multiplies its output by the
-    hidden mask, and so do the attention and MLP outputs.
+    The original layers are Llama layers (``wq`` is ``q_proj``, ...); its L0 path scales each head's attention context
+    by ``head_z`` and the MLP's up projection by ``intermediate_z``, a layer's attention output by ``head_layer_z``
+    and its MLP output by ``mlp_z`` (``layer_z`` both), every RMSNorm's output and residual branch by ``hidden_z``,
+    and it normalises over the kept hidden dimensions. It draws the masks after the token embedding, so the
+    embedding stays unscaled. Multiplied into the HF weights by ``scaled_source``: scaling the up projection's
+    output is scaling the down projection's input columns, and a layer gate scales its branch's output rows.
     """
-    n_heads, head_dim = SOURCE['n_heads'], SOURCE['d_model'] // SOURCE['n_heads']
-    batch, seq_len = input_ids.shape
-    hidden_z = zs.get('hidden')
-    head_layer_z, mlp_z = zs.get('head_layer', zs.get('layer')), zs.get('mlp', zs.get('layer'))
-    inv_freq = 1.0 / 10000 ** (torch.arange(0, head_dim, 2).float() / head_dim)
-    freqs = torch.outer(torch.arange(seq_len).float(), inv_freq)
-    cos, sin = torch.cat((freqs, freqs), -1).cos(), torch.cat((freqs, freqs), -1).sin()
-    causal = torch.full((seq_len, seq_len), float('-inf')).triu(1)
-
-    x = weights['model.transformer.wte.weight'][input_ids]
-    for block in range(SOURCE['n_layers']):
-        w = {name.split(f'blocks.{block}.', 1)[1]: t for name, t in weights.items() if f'blocks.{block}.' in name}
-        a = original_rms_norm(x, w['ln_1.weight'], hidden_z, eps)
-        q, k, v = (
-            (a @ w[f'attn.{name}.weight'].T).view(batch, seq_len, n_heads, head_dim).transpose(1, 2)
-            for name in ('wq', 'wk', 'wv')
-        )
-        q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
-        context = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(head_dim) + causal, dim=-1) @ v
-        if 'head' in zs:
-            context = context * zs['head'][block].view(1, n_heads, 1, 1)
-        attention = context.transpose(1, 2).reshape(batch, seq_len, -1) @ w['attn.out_proj.weight'].T
-        if head_layer_z is not None:
-            attention = attention * head_layer_z[block]
-        if hidden_z is not None:
-            attention = attention * hidden_z
-        x = x + attention
-
-        m = original_rms_norm(x, w['ln_2.weight'], hidden_z, eps)
-        up = m @ w['mlp.up_proj.weight'].T
-        if 'intermediate' in zs:
-            up = up * zs['intermediate'][block]
-        mlp = (F.silu(m @ w['mlp.gate_proj.weight'].T) * up) @ w['mlp.down_proj.weight'].T
-        if mlp_z is not None:
-            mlp = mlp * mlp_z[block]
-        if hidden_z is not None:
-            mlp = mlp * hidden_z
-        x = x + mlp
-    x = original_rms_norm(x, weights['model.transformer.ln_f.weight'], hidden_z, eps)
-    return x @ weights['model.transformer.output.weight'].T
+    layers, heads = SOURCE['n_layers'], SOURCE['n_heads']
+    config = LlamaConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=SOURCE['d_model'], intermediate_size=SOURCE['intermediate_size'],
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads, rms_norm_eps=eps,
+        rope_theta=10000.0, max_position_embeddings=MAX_SEQ_LEN, tie_word_embeddings=False,
+        attn_implementation='eager',
+    )
+    state = {}
+    for name, tensor in weights.items():
+        if name in HF_NAMES:
+            state[HF_NAMES[name]] = tensor
+        elif name.startswith('model.transformer.blocks.') and name.endswith('.weight'):
+            block, module = name.removeprefix('model.transformer.blocks.').removesuffix('.weight').split('.', 1)
+            state[f'model.layers.{block}.{HF_BLOCK_NAMES[module]}.weight'] = tensor
+    source = LlamaForCausalLM(config)
+    source.load_state_dict(state, strict=True)
+    attention_gate = zs.get('head_layer', zs.get('layer', torch.ones(layers)))
+    mlp_gate = zs.get('mlp', zs.get('layer', torch.ones(layers)))
+    masks = StructureMasks(
+        layer=torch.ones(layers),
+        query_heads=zs.get('head', torch.ones(layers, heads)) * attention_gate.unsqueeze(-1),
+        intermediate=zs.get('intermediate', torch.ones(layers, SOURCE['intermediate_size'])) * mlp_gate.unsqueeze(-1),
+        hidden=zs.get('hidden', torch.ones(SOURCE['d_model'])),
+    )
+    return scaled_source(source, masks, scale_embedding=False)
 
 
 @pytest.fixture
@@ -214,7 +199,7 @@ def max_logit_difference(pruned: LlamaForCausalLM, checkpoint: Path, zs: dict[st
     input_ids = torch.randint(3, VOCAB_SIZE, (2, 24))
     weights = torch.load(checkpoint, weights_only=False)['state']['model']
     with torch.no_grad():
-        expected = original_masked_logits(weights, zs, input_ids, eps)
+        expected = original_as_hf(weights, zs, eps)(input_ids).logits
         return (pruned(input_ids).logits - expected).abs().max().item()
 
 

@@ -1,11 +1,16 @@
-"""Invariant 1: the masked eval forward equals the forward of the physically pruned model."""
+"""Invariant 1: the masked eval forward equals the forward of the physically pruned model, and the pruned model
+equals the source Hugging Face model with every mask value multiplied into its full-width weights."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
 
 from llmshearing.pruning import attach_masks, prune_model
+from llmshearing.pruning.l0_module import StructureMasks
+from tests.pruning.references import scaled_source
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 ALL_MODULES = ['layer', 'head', 'intermediate', 'hidden']
@@ -110,3 +115,49 @@ def test_pruned_model_converts_dtype():
 def test_prune_model_without_masks_is_an_error():
     with pytest.raises(ValueError, match='call attach_masks first'):
         prune_model(FAMILIES['llama_mha']())
+
+
+def hand_masks(l0_module, values: str, generator: torch.Generator) -> StructureMasks:
+    """Masks that keep the final shape's counts of randomly chosen structures, with values 1 (``binary``) or in
+    [0.3, 0.9] (``scaled``)."""
+    source, target = l0_module.source, l0_module.final_shape()
+
+    def gates(rows: tuple[int, ...], size: int, num_kept: int) -> torch.Tensor:
+        kept = torch.rand(*rows, size, generator=generator).argsort(-1)[..., :num_kept]
+        value = torch.ones(*rows, num_kept) if values == 'binary' else 0.3 + 0.6 * torch.rand(*rows, num_kept)
+        return torch.zeros(*rows, size).scatter_(-1, kept, value)
+
+    layers = source.num_hidden_layers
+    if source.is_multi_head:
+        query_heads = kv_heads = gates((layers,), source.num_attention_heads, target.num_attention_heads)
+    else:
+        kv_heads = gates((layers,), source.num_key_value_heads, target.num_key_value_heads)
+        within = gates((layers, source.num_key_value_heads), source.num_query_groups, target.num_query_groups)
+        query_heads = (within * kv_heads.unsqueeze(-1)).reshape(layers, source.num_attention_heads)
+    return StructureMasks(
+        layer=gates((), layers, target.num_hidden_layers),
+        query_heads=query_heads,
+        kv_heads=kv_heads,
+        intermediate=gates((layers,), source.intermediate_size, target.intermediate_size),
+        hidden=gates((), source.hidden_size, target.hidden_size),
+    )
+
+
+FULL_CASES = {family: cases[-1] for family, cases in CASES.items()}
+
+
+@pytest.mark.parametrize('values', ['binary', 'scaled'])
+@pytest.mark.parametrize('family', list(FULL_CASES))
+def test_pruned_model_equals_the_source_with_the_masks_in_its_weights(family, values):
+    """0/1 masks: the pruned model is the source with the dropped heads, channels, layers and hidden dimensions zeroed;
+    real-valued masks: the source with its weights scaled. The reference is a plain HF model, not the masked forward."""
+    modules, target = FULL_CASES[family]
+    source = FAMILIES[family]()
+    model = copy.deepcopy(source)
+    l0_module = attach_masks(model, target, modules)
+    masks = hand_masks(l0_module, values, torch.Generator().manual_seed(0))
+    input_ids = torch.randint(0, VOCAB_SIZE, (2, 16))
+    with torch.no_grad():
+        pruned_logits = prune_model(model.eval(), masks=masks)(input_ids).logits
+        expected = scaled_source(source, masks)(input_ids).logits
+    assert (pruned_logits - expected).abs().max().item() <= 1e-5

@@ -56,6 +56,13 @@ def test_run_ends_with_masks_of_exactly_the_target_shape(pruning_run):
     assert (masks.layer != 0).sum().item() == TARGET['num_hidden_layers']
     assert (masks.query_heads != 0).sum(-1).tolist() == [TARGET['num_attention_heads']] * 4
     assert (masks.intermediate != 0).sum(-1).tolist() == [TARGET['intermediate_size']] * 4
+    # Which structures are kept follows the trained log-alphas: in every row, each kept gate's log-alpha is at least
+    # every dropped one's (a multi-head source's query-head mask is its head mask).
+    for kind, kept in (('hidden', masks.hidden), ('layer', masks.layer), ('head', masks.query_heads),
+                       ('intermediate', masks.intermediate)):
+        log_alpha = model.l0_module.masks[kind].log_alpha.detach()
+        for row_log_alpha, row_kept in zip(log_alpha.reshape(-1, kept.shape[-1]), kept.reshape(-1, kept.shape[-1])):
+            assert row_log_alpha[row_kept != 0].min() >= row_log_alpha[row_kept == 0].max(), kind
     # The masks were trained: they moved away from their initial values.
     assert model.l0_module.lambdas['hidden'].abs().sum().item() > 0
 

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
+from tests.pruning.references import log_alpha_keeping
 from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}
@@ -88,8 +89,24 @@ def test_log_alpha_is_clamped_after_each_batch_and_metrics_are_logged():
 
 
 def test_loss_is_split_into_language_model_and_lagrangian():
+    """Non-zero multipliers and keep probabilities away from the target: the total is the LM loss plus the Lagrangian
+    worked out by hand, every row (one layer's MLP channels, one key/value group's query heads) held to the target on
+    its own."""
     algorithm = Shearing(TARGET, MODULES)
     trainer = _trainer(algorithm, 4)
+    l0_module = algorithm.l0_module
+    with torch.no_grad():
+        # hidden: keep 24 of 32 (target sparsity 0.25), sparsity 0.5: 1 * 0.25 + 2 * 0.25^2 = 0.375.
+        l0_module.masks['hidden'].log_alpha.copy_(log_alpha_keeping([0.5] * 32))
+        l0_module.lambdas['hidden'].copy_(torch.tensor([1.0, 2.0]))
+        # head: keep 2 of the 4 query heads of each of the 2 key/value groups (0.5); sparsities 0.25 and 0.75 in every
+        # layer: mean(2 * -0.25 + 4 * 0.0625, 2 * 0.25 + 4 * 0.0625) = 0.25 (0 if a layer's heads were one row).
+        l0_module.masks['head'].log_alpha.copy_(log_alpha_keeping([[[0.75] * 4, [0.25] * 4]] * 3))
+        l0_module.lambdas['head'].copy_(torch.tensor([2.0, 4.0]))
+        # intermediate: keep 32 of 64 (0.5); sparsities 0.25, 0.5, 0.75 per layer:
+        # mean(-0.25 + 0.0625, 0, 0.25 + 0.0625) = 0.125 / 3.
+        l0_module.masks['intermediate'].log_alpha.copy_(log_alpha_keeping([[0.75] * 64, [0.5] * 64, [0.25] * 64]))
+        l0_module.lambdas['intermediate'].copy_(torch.tensor([1.0, 1.0]))
     seen = {}
     original_apply = algorithm.apply
 
@@ -100,7 +117,8 @@ def test_loss_is_split_into_language_model_and_lagrangian():
 
     algorithm.apply = recording_apply
     trainer.fit()
-    assert torch.allclose(seen['total'], seen['lm'] + seen['lagrangian'])
+    assert seen['lagrangian'].item() == pytest.approx(0.375 + 0.25 + 0.125 / 3, abs=1e-5)
+    assert seen['total'].item() == pytest.approx(seen['lm'].item() + 0.375 + 0.25 + 0.125 / 3, abs=1e-5)
 
 
 @pytest.mark.parametrize(

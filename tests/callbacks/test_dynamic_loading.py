@@ -418,6 +418,19 @@ def test_initial_proportions_that_do_not_fit_the_data_fail_before_training(data,
         DynamicLoading(initial_proportions=str(tmp_path))
 
 
+def test_initial_proportions_of_a_run_on_other_domains_fail_before_training(data, tmp_path):
+    checkpoint = tmp_path / 'ep0-ba8-rank0.pt'
+    train_state = {'domains': ['cc', 'books', 'wiki'], 'schedule': [[0, [0.2, 0.3, 0.5]]]}
+    torch.save({'state': {'dataset_state': {'train': train_state}}}, checkpoint)
+    callback = DynamicLoading(initial_proportions=str(checkpoint))
+    with pytest.raises(ValueError) as raised:
+        callback.after_load(trainer_state(data), RecordingLogger())
+    assert str(raised.value) == (
+        f"callbacks.dynamic_loading.initial_proportions: {checkpoint} has the domains ['cc', 'books', 'wiki'], the "
+        "training data ['cc', 'github', 'wiki']"
+    )
+
+
 def test_state_round_trips():
     callback = DynamicLoading()
     callback.load_state_dict({'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]})

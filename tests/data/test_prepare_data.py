@@ -213,6 +213,62 @@ def test_every_document_is_read_once_and_every_token_is_accounted_for(tmp_path, 
     }
 
 
+def byte_ids(text: str) -> list[int]:
+    """The byte-level tokenizer's ids of printable ASCII without spaces, by hand: after its 3 special tokens come
+    the 256 byte symbols in code-point order, which starts with '!' (33) to '~' (126), so character c is
+    ord(c) - 30."""
+    assert all('!' <= character <= '~' for character in text)
+    return [ord(character) - 30 for character in text]
+
+
+def test_sample_accounting_of_a_small_corpus_worked_out_by_hand(tmp_path, byte_tokenizer_dir):
+    """Every document is BOS (1) + one token per character + EOS (2); samples of 3 tokens, 2 eval samples.
+
+    alpha (files a0, a1; eval reads a0 only): documents of 8, 4 and 7 tokens. Eval: 1 abc, def of the first
+    document, which ends after 2 more (f EOS, dropped). Train: 1 gh 2 + 1 ijklm 2 = 11 tokens, 3 samples, 2
+    dropped. beta (one file, a malformed line in it): documents of 5, 2 (empty text), 4 and 7 tokens. Eval: 1 uvw 2
+    and the BOS of the empty document, whose EOS is dropped. Train: 1 st 2 + 1 opqrs 2 = 11 tokens, 3 samples, 2
+    dropped."""
+    write_jsonl(tmp_path / 'input' / 'alpha' / 'a0.jsonl', records(['abcdef', 'gh']))
+    write_jsonl(tmp_path / 'input' / 'alpha' / 'a1.jsonl', records(['ijklm']))
+    write_jsonl(
+        tmp_path / 'input' / 'beta' / 'b.jsonl', records(['uvw', '']) + ['{"text": 3}'] + records(['st', 'opqrs'])
+    )
+    manifest = prepare_data(tmp_path / 'input', tmp_path / 'out', byte_tokenizer_dir, 3, eval_samples=2, workers=1)
+
+    bos, eos = 1, 2
+    expected_samples = {
+        ('eval', 'alpha'): [[bos, *byte_ids('ab')], byte_ids('cde')],
+        ('train', 'alpha'): [[bos, *byte_ids('gh')], [eos, bos, *byte_ids('i')], byte_ids('jkl')],
+        ('eval', 'beta'): [[bos, *byte_ids('uv')], [*byte_ids('w'), eos, bos]],
+        ('train', 'beta'): [[bos, *byte_ids('st')], [eos, bos, *byte_ids('o')], byte_ids('pqr')],
+    }
+    for (split, domain), samples in expected_samples.items():
+        tokens, domains = read_samples(tmp_path / 'out' / split / domain)
+        assert tokens.tolist() == samples, (split, domain)
+        assert domains == [domain] * len(samples)
+    merged, merged_domains = read_samples(tmp_path / 'out' / 'eval' / 'eval_merge')
+    assert merged.tolist() == expected_samples['eval', 'alpha'] + expected_samples['eval', 'beta']
+    assert merged_domains == ['alpha', 'alpha', 'beta', 'beta']
+
+    assert manifest['read'] == {
+        'alpha': {'files': ['a0.jsonl', 'a1.jsonl'], 'documents': 3, 'tokens': 8 + 4 + 7},
+        'beta': {'files': ['b.jsonl'], 'documents': 4, 'tokens': 5 + 2 + 4 + 7},
+    }
+    assert manifest['eval'] == {
+        'alpha': {'files': ['a0.jsonl'], 'documents': 1, 'samples': 2, 'tokens': 6, 'dropped_tokens': 2},
+        'beta': {'files': ['b.jsonl'], 'documents': 2, 'samples': 2, 'tokens': 6, 'dropped_tokens': 1},
+    }
+    assert manifest['train'] == {
+        'alpha': {'files': ['a0.jsonl', 'a1.jsonl'], 'documents': 2, 'samples': 3, 'tokens': 9, 'dropped_tokens': 2},
+        'beta': {'files': ['b.jsonl'], 'documents': 2, 'samples': 3, 'tokens': 9, 'dropped_tokens': 2},
+    }
+    assert manifest['skipped_records'] == {
+        'alpha': {'count': 0, 'first': []},
+        'beta': {'count': 1, 'first': ['b.jsonl:3: no "text" string']},
+    }
+
+
 def test_eval_never_reads_the_last_file(tmp_path, corpus, byte_tokenizer_dir, caplog):
     tokenizer = byte_level_tokenizer()
     with caplog.at_level(logging.WARNING):

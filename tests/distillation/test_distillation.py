@@ -315,15 +315,21 @@ def _config_overrides(toy: dict[str, Path], *extra: str) -> list[str]:
             'algorithms.distillation.teacher: /nonexistent/teacher does not exist',
         ),
         (
+            'algorithms.distillation.teacher={root}/data',
+            FileNotFoundError,
+            'algorithms.distillation.teacher: {root}/data has no config.json (not a Hugging Face model folder)',
+        ),
+        (
             'algorithms.distillation.temprature=2',
             ValueError,
             'algorithms.distillation.temprature is not a setting; '
             'the settings are teacher, temperature, alpha, chunk_size',
         ),
     ],
-    ids=['alpha', 'temperature', 'missing_teacher', 'unknown_key'],
+    ids=['alpha', 'temperature', 'missing_teacher', 'teacher_without_config', 'unknown_key'],
 )
 def test_bad_settings_fail_before_training_naming_the_key(toy, override, error, message):
+    override, message = override.format(root=toy['root']), message.format(root=toy['root'])
     with pytest.raises(error) as raised:
         check_train_config(load_train_config(TINY_PRUNING_DISTILLATION, _config_overrides(toy, override)))
     assert str(raised.value) == message

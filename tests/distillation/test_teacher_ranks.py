@@ -1,8 +1,10 @@
 """The teacher is read once: two real ranks (gloo, CPU) build it, rank 1 from a folder without weights, and both end
-with the weights of rank 0's file (tied embeddings tied again, in fp32 and bf16) and rank 0's rotary buffer."""
+with the weights of rank 0's file (tied embeddings tied again, in fp32 and bf16) and rank 0's rotary buffer; under
+FSDP2 each rank holds half of every weight and both give the logits of the whole teacher."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import shutil
 from pathlib import Path
@@ -12,26 +14,60 @@ import pytest
 import torch
 import torch.distributed
 import torch.multiprocessing
+from composer.core import Precision
 from composer.devices import DeviceCPU
+from composer.utils import FSDP2Config
 from safetensors.torch import load_file
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import Shard
 
-from llmshearing.distillation.algorithm import build_teacher
+from llmshearing.distillation.algorithm import build_teacher, load_teacher
 from llmshearing.toy import save_toy_model
 
 WORLD_SIZE = 2
+INPUT_IDS = torch.arange(3, 35).view(2, 16)
+
+
+def _join_group(rank: int, output: Path) -> None:
+    """Join the two-rank gloo group; a rank that waits a minute for the other fails instead of hanging."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE='2')
+    torch.distributed.init_process_group(
+        'gloo', init_method=f'file://{output / "rendezvous"}', rank=rank, world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=60),
+    )
 
 
 def _build_on_rank(rank: int, folders: list[Path], dtype: torch.dtype, output: Path) -> None:
     """One rank: join the gloo group, build the teacher from this rank's folder and save what it holds."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE='2')
-    torch.distributed.init_process_group(
-        'gloo', init_method=f'file://{output / "rendezvous"}', rank=rank, world_size=WORLD_SIZE
-    )
+    _join_group(rank, output)
     try:
         teacher = build_teacher(folders[rank], dtype, SimpleNamespace(fsdp_config=None, device=DeviceCPU()))
         tied = teacher.lm_head.weight is teacher.model.embed_tokens.weight
         inv_freq = teacher.model.rotary_emb.inv_freq  # a buffer the state dict leaves out
         torch.save({'state': teacher.state_dict(), 'tied': tied, 'inv_freq': inv_freq}, output / f'rank{rank}.pt')
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _shard_on_rank(rank: int, folders: list[Path], output: Path) -> None:
+    """One rank of an FSDP2 run: build the teacher, save which modules FSDP wraps, this rank's part of every
+    weight and the logits of ``INPUT_IDS``."""
+    _join_group(rank, output)
+    try:
+        state = SimpleNamespace(fsdp_config=FSDP2Config(), precision=Precision.FP32, device=DeviceCPU())
+        teacher = build_teacher(folders[rank], torch.float32, state)
+        parameters = dict(teacher.named_parameters())
+        with torch.no_grad():
+            logits = teacher(input_ids=INPUT_IDS).logits
+        torch.save(
+            {
+                'wrapped': [name for name, module in teacher.named_modules() if isinstance(module, FSDPModule)],
+                'placements': {name: parameter.placements for name, parameter in parameters.items()},
+                'local': {name: parameter.to_local().clone() for name, parameter in parameters.items()},
+                'logits': logits,
+            },
+            output / f'fsdp-rank{rank}.pt',
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -59,3 +95,30 @@ def test_rank_1_never_reads_the_weights_and_both_ranks_hold_the_file(tmp_path, d
         assert weights.keys() == expected.keys(), rank
         for name, tensor in expected.items():
             assert torch.equal(weights[name], tensor.to(dtype)), (rank, name)
+
+
+def test_under_fsdp2_each_rank_holds_half_of_every_weight_and_both_give_the_whole_teachers_logits(tmp_path):
+    """Two ranks (gloo, CPU), rank 1 without the weights: FSDP2 wraps the teacher and each decoder layer as the
+    student's policy does, every weight is split by rows between the ranks (the halves are the file's weights), and
+    the logits of both ranks are those of the teacher loaded whole."""
+    source = save_toy_model(tmp_path / 'teacher', seed=4)
+    without_weights = tmp_path / 'without-weights'
+    shutil.copytree(source, without_weights, ignore=shutil.ignore_patterns('*.safetensors'))
+
+    torch.multiprocessing.spawn(
+        _shard_on_rank, args=([source, without_weights], tmp_path), nprocs=WORLD_SIZE, join=True
+    )
+
+    expected = load_file(source / 'model.safetensors')
+    with torch.no_grad():
+        whole_logits = load_teacher(source).forward(input_ids=INPUT_IDS).logits
+    ranks = [torch.load(tmp_path / f'fsdp-rank{rank}.pt', weights_only=False) for rank in range(WORLD_SIZE)]
+    for rank, built in enumerate(ranks):
+        assert built['wrapped'] == ['', *(f'model.layers.{index}' for index in range(4))], rank
+        assert built['local'].keys() == expected.keys(), rank
+        assert all(placements == (Shard(0),) for placements in built['placements'].values()), rank
+        torch.testing.assert_close(built['logits'], whole_logits, rtol=1e-5, atol=1e-6)
+    for name, tensor in expected.items():
+        first, second = (built['local'][name] for built in ranks)
+        assert first.shape[0] == -(-tensor.shape[0] // 2), name
+        assert torch.equal(torch.cat([first, second]), tensor), name

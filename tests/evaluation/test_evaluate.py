@@ -285,6 +285,85 @@ def test_outputs_and_rows_match_an_independent_computation(task_dir: Path, toy_m
     assert out.with_suffix('.png').read_bytes()[:4] == b'\x89PNG'
 
 
+LENGTH_ROWS = [  # gold answers of very different lengths, so that acc and acc_norm part ways
+    {'query': 'Question: Which one?', 'choices': ['no', 'a very long and winding answer'], 'gold': 1},
+    {'query': 'Question: And this?', 'choices': ['it is the longest answer of them all', 'ok', 'sure'], 'gold': 0},
+    {'query': 'Question: Pick one.', 'choices': ['x', 'a middling reply', 'yz'], 'gold': 1},
+    {'query': 'Question: Now?', 'choices': ['later, when the sun has set', 'now'], 'gold': 0},
+    {'query': 'Question: Colour?', 'choices': ['red', 'a deep shade of blue'], 'gold': 1},
+    {'query': 'Question: Size?', 'choices': ['small', 'enormous beyond words'], 'gold': 1},
+]
+
+
+def test_acc_and_acc_norm_are_those_of_direct_log_likelihoods(tmp_path: Path, toy_models: list[Path]):
+    """A task of the paper scored by acc_norm (LogiQA), on rows written here: each choice's log-likelihood computed
+    with transformers; acc takes the highest, acc_norm the highest per character of the choice (lm-eval's
+    length normalisation), both averaged over the rows."""
+    write_jsonl(tmp_path / 'logi_qa.jsonl', LENGTH_ROWS)
+    model_dir = toy_models[0]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    correct, correct_normalised = [], []
+    for row in LENGTH_ROWS:
+        context = row['query'].strip() + '\nAnswer:'
+        lls = [continuation_loglikelihood(model, tokenizer, context, ' ' + choice)[0] for choice in row['choices']]
+        per_character = [ll / len(choice) for ll, choice in zip(lls, row['choices'])]
+        correct.append(max(range(len(lls)), key=lls.__getitem__) == row['gold'])
+        correct_normalised.append(max(range(len(lls)), key=per_character.__getitem__) == row['gold'])
+    expected_acc, expected_acc_norm = sum(correct) / 6, sum(correct_normalised) / 6
+    assert expected_acc != expected_acc_norm  # the rows tell the two metrics apart
+
+    result, records = evaluate_models([model_dir], 'logi_qa', tmp_path)
+    scored = result['models'][str(model_dir)]['tasks']['logi_qa']
+    assert (scored['acc'], scored['acc_norm']) == (pytest.approx(expected_acc), pytest.approx(expected_acc_norm))
+    assert (scored['metric'], scored['score']) == ('acc_norm', scored['acc_norm'])
+    assert [record['acc_norm'] for record in records] == [float(outcome) for outcome in correct_normalised]
+    assert [record['acc'] for record in records] == [float(outcome) for outcome in correct]
+
+
+def test_a_few_shot_prompt_is_the_other_rows_question_and_gold_answer_before_the_question(
+    tmp_path: Path, toy_models: list[Path],
+):
+    """One shot on a file of two rows: the shot of each row can only be the other row, so the whole prompt is
+    known: its question, the answer prompt, a space and its gold choice, a blank line, then the row's question.
+    The log-likelihoods of every choice after that prompt, computed with transformers, are those evaluated."""
+    rows = MULTIPLE_CHOICE_ROWS[:2]
+    write_jsonl(tmp_path / 'arc_challenge.jsonl', rows)
+    model_dir = toy_models[1]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompts = [
+        'Question: How many legs has a cat?\nAnswer: four\n\nQuestion: What colour is the sky?\nAnswer:',
+        'Question: What colour is the sky?\nAnswer: blue\n\nQuestion: How many legs has a cat?\nAnswer:',
+    ]
+    result, records = evaluate_models([model_dir], 'arc_challenge', tmp_path, num_fewshot=1)
+    assert result['settings']['tasks']['arc_challenge']['num_fewshot'] == 1
+    assert result['models'][str(model_dir)]['tasks']['arc_challenge']['num_fewshot'] == 1
+    for record, row, prompt in zip(records, rows, prompts):
+        expected = [continuation_loglikelihood(model, tokenizer, prompt, ' ' + choice)[0] for choice in row['choices']]
+        assert record['loglikelihoods'] == pytest.approx(expected, abs=1e-4)
+    zero_shot = continuation_loglikelihood(model, tokenizer, rows[0]['query'] + '\nAnswer:', ' blue')[0]
+    assert abs(records[0]['loglikelihoods'][0] - zero_shot) > 1e-2  # the shot changes what is scored
+
+
+def test_the_paper_tasks_record_the_papers_shots_and_metrics(tmp_path: Path):
+    """Table 1 of the paper: 25-shot ARC-C, 10-shot HellaSwag and 32-shot BoolQ, every other task 0-shot; the
+    harness config of each task carries its shots."""
+    for name in PAPER_TASKS:
+        write_jsonl(tmp_path / f'{name}.jsonl', MULTIPLE_CHOICE_ROWS)
+    tasks = {task.name: task for task in load_tasks(list(PAPER_TASKS), tmp_path, None, 0)}
+    shots = {name: task.settings.num_fewshot for name, task in tasks.items()}
+    assert shots == {
+        'sciq': 0, 'piqa': 0, 'winogrande': 0, 'arc_easy': 0, 'arc_challenge': 25, 'hellaswag': 10, 'logi_qa': 0,
+        'boolq': 32, 'lambada_openai': 0,
+    }
+    assert {name for name, task in tasks.items() if task.settings.metric == 'acc_norm'} == {
+        'arc_challenge', 'hellaswag', 'logi_qa',
+    }
+    for name, task in tasks.items():
+        assert task.harness_config(task.settings.num_fewshot)['num_fewshot'] == shots[name]
+
+
 def test_amp_bf16_autocasts_the_forward_of_float32_weights(task_dir: Path, toy_models: list[Path]):
     model = str(toy_models[0])
     tasks = 'quiz,last_word'

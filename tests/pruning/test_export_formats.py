@@ -40,10 +40,12 @@ def save_folders(tmp_path_factory) -> dict[str, Path]:
             'eval_interval=2ba', 'save_interval=2ba', f'fsdp_config={{state_dict_type: {state_dict_type}}}',
             # Under FSDP an importance start reads prune-oneshot's file; the formats do not depend on the start.
             'algorithms.shearing.init=uniform',
+            f'algorithms.shearing.export_dir={output_dir / "pruned"}', 'algorithms.shearing.export_dtype=fp32',
         ]
         # Composer's FSDP1 needs CUDA; FSDP2 shards on CPU as well.
         environment = os.environ | {'FSDP_VERSION': '2'}
-        result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=environment)
+        # A rank that hangs (waiting for the other in a collective) fails the test instead of blocking the suite.
+        result = subprocess.run(command, cwd=root, capture_output=True, text=True, env=environment, timeout=900)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         folders[state_dict_type] = output_dir / 'checkpoints'
     return folders
@@ -75,6 +77,18 @@ def test_export_of_the_sharded_checkpoint_equals_export_of_the_monolithic_one(sa
         assert torch.equal(tensor, sharded_weights[name]), name
     for name in ('config.json', 'tokenizer.json'):
         assert (full / name).read_text() == (sharded / name).read_text(), name
+
+
+def test_the_run_exports_at_its_end_what_export_cuts_from_its_checkpoint(save_folders, tmp_path):
+    """The ranks gather the FSDP2 shards for the export at the end of the run (rank 0 alone would wait for the
+    others forever)."""
+    for state_dict_type, folder in save_folders.items():
+        assert cli.main(['export', str(folder), str(tmp_path / state_dict_type), '--dtype', 'fp32']) == 0
+        at_the_end = load_file(folder.parent / 'pruned' / 'model.safetensors')
+        exported = load_file(tmp_path / state_dict_type / 'model.safetensors')
+        assert at_the_end.keys() == exported.keys()
+        for name, tensor in exported.items():
+            assert torch.equal(at_the_end[name], tensor), (state_dict_type, name)
 
 
 def test_a_folder_without_a_checkpoint_is_an_error_naming_it(tmp_path, capsys):

@@ -71,7 +71,9 @@ PREPARE = 'llmshearing/data/prepare.py'
 IMPORTANCE = 'llmshearing/pruning/importance.py'
 HARNESS = 'llmshearing/evaluation/harness.py'
 
-L0_TESTS = _tests('tests/pruning/test_l0_module.py')
+L0_TESTS = _tests('tests/pruning/test_l0_module.py') + _tests(
+    'tests/pruning/test_shearing_algorithm.py', 'test_loss_is_split_into_language_model_and_lagrangian',
+) + _tests('tests/pruning/test_eval_shape_and_sparsity_runs.py')
 EXPECTED_PARAMS_TESTS = _tests('tests/pruning/test_expected_params.py')
 EQUIVALENCE_TESTS = _tests('tests/pruning/test_pruning_equivalence.py')
 MASK_INIT_TESTS = _tests(
@@ -98,6 +100,8 @@ CALLBACK_TESTS = _tests(
     'test_each_evaluation_updates_the_training_proportions_as_computed_by_hand',
     'test_the_callback_bounds_its_update_by_max_step',
     'test_a_change_applies_after_the_batches_the_workers_may_have_prepared',
+    'test_a_real_run_updates_the_proportions_by_the_rule_from_the_models_own_eval_losses',
+    'test_a_real_run_clips_the_excess_smooths_and_bounds_the_step_as_documented',
 )
 DYNAMIC_DATASET_TESTS = _tests(
     'tests/data/test_dynamic_dataset.py',
@@ -112,13 +116,19 @@ PREPARE_TESTS = _tests(
     'test_eval_never_reads_the_last_file',
     'test_eval_and_train_documents_are_disjoint',
     'test_max_docs_per_domain_caps_training_documents',
+    'test_sample_accounting_of_a_small_corpus_worked_out_by_hand',
 )
 IMPORTANCE_TESTS = _tests(
     'tests/pruning/test_importance.py',
     'test_pruned_model_has_exactly_the_target_shape',
     'test_a_zeroed_structure_is_pruned_first',
 )
-EVALUATE_TESTS = _tests('tests/evaluation/test_evaluate.py', 'test_outputs_and_rows_match_an_independent_computation')
+EVALUATE_TESTS = _tests(
+    'tests/evaluation/test_evaluate.py',
+    'test_outputs_and_rows_match_an_independent_computation',
+    'test_acc_and_acc_norm_are_those_of_direct_log_likelihoods',
+    'test_a_few_shot_prompt_is_the_other_rows_question_and_gold_answer_before_the_question',
+)
 
 MUTANTS = (
     # Hard-concrete gates.

@@ -21,7 +21,7 @@ from llmshearing.pruning import (
     prune_model,
 )
 from llmshearing.pruning.importance import IMPORTANCE_METHODS, importance_scores, masks_from_scores
-from llmshearing.toy import save_toy_model, write_random_domain_data
+from llmshearing.toy import save_toy_model
 from tests.paths import SHARED
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
@@ -104,15 +104,6 @@ def test_infeasible_target_is_rejected_like_shearing():
 
 
 # The command ------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope='module')
-def toy_source_and_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp('oneshot')
-    model = save_toy_model(root / 'source', hidden_size=32, num_attention_heads=4, num_key_value_heads=2,
-                           intermediate_size=48, num_hidden_layers=3)
-    data = write_random_domain_data(root / 'data', ['alpha', 'beta'], train_samples=8, eval_samples=2, seq_len=32)
-    return model, data
 
 
 def test_prune_oneshot_writes_the_model_scores_and_plot(toy_source_and_data, tmp_path: Path):

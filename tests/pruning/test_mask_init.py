@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from llmshearing import cli
 from llmshearing.pruning import Shearing, attach_masks, importance_masks
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_alpha_from_scores
 from llmshearing.pruning.l0_module import StructureMasks
@@ -82,27 +83,79 @@ def test_importance_init_starts_at_the_one_shot_selection(method: str):
     assert channel_log_alpha.max().item() == pytest.approx(LOG_ALPHA_MAX)
 
 
-def test_importance_file_of_prune_oneshot_gives_the_same_start(tmp_path: Path):
-    source, data = tiny_gqa_llama(), samples()
-    computed = Shearing(TARGET, MODULES, init='importance', importance_method='taylor', calibration_batches=2)
-    trainer_with(computed, source, data)
-    report = {'pruning_modules': MODULES, 'final_shape': vars(computed.l0_module.final_shape()),
-              'scores': {kind: score.tolist() for kind, score in importance_kind_scores(source, data).items()}}
-    path = tmp_path / 'importance.json'
-    path.write_text(json.dumps(report))
-    from_file = Shearing(TARGET, MODULES, init='importance', importance_file=str(path))
-    trainer_with(from_file, source, data)
-    for kind, mask in computed.l0_module.masks.items():
-        assert torch.equal(mask.log_alpha, from_file.l0_module.masks[kind].log_alpha), kind
+ONESHOT_TARGET = {'hidden_size': 24, 'num_attention_heads': 1, 'num_key_value_heads': 1, 'intermediate_size': 32,
+                  'num_hidden_layers': 2}
+# Of the toy source (toy_source_and_data: 3 layers, 2 kv groups of 2 query heads, 48 channels, 32 hidden dimensions).
+ONESHOT_KEPT = {'layer': 2, 'head': 1, 'kv_head': 1, 'intermediate': 32, 'hidden': 24}
+HEAD_DIM, QUERY_HEADS_PER_GROUP = 8, 2
 
 
-def importance_kind_scores(source, data) -> dict[str, torch.Tensor]:
-    from llmshearing.pruning.importance import importance_scores, mask_kind_scores
-    from llmshearing.pruning.l0_module import L0Module
-    from llmshearing.pruning.shape import ModelShape
+def top_indices(scores: list, count: int) -> list:
+    """The sorted indices of the ``count`` highest scores of every innermost list (ties: the lower index)."""
+    if isinstance(scores[0], list):
+        return [top_indices(row, count) for row in scores]
+    return sorted(sorted(range(len(scores)), key=lambda index: -scores[index])[:count])
 
-    l0_module = L0Module(ModelShape.from_config(source.config), MODULES, TARGET)
-    return mask_kind_scores(l0_module, importance_scores(copy.deepcopy(source), 'taylor', input_batches(data)))
+
+def nonzero_indices(values: torch.Tensor) -> list:
+    """The indices of the non-zero entries of every row (the last dimension), nested as ``values`` is."""
+    if values.dim() > 1:
+        return [nonzero_indices(row) for row in values]
+    return torch.nonzero(values).flatten().tolist()
+
+
+def rows_of(units: list[int], size: int) -> torch.Tensor:
+    """The weight rows of the given heads (``size`` rows each)."""
+    return torch.tensor([unit * size + offset for unit in units for offset in range(size)])
+
+
+@pytest.mark.parametrize('method', ['activation', 'taylor', 'magnitude'])
+def test_importance_file_of_prune_oneshot_gives_the_same_start(toy_source_and_data, tmp_path: Path, method: str):
+    """The importance.json of a real prune-oneshot run starts the masks at exactly the structures the command cut
+    out: the top scores of the file, picked here, are what the written model holds of the source's weights and
+    what the deterministic masks (and the positive log-alphas) keep. (Together the three methods keep other than
+    the first layers, kv groups and query heads.)"""
+    model_dir, data_dir = toy_source_and_data
+    out = tmp_path / 'pruned'
+    target = ','.join(f'{field}={size}' for field, size in ONESHOT_TARGET.items())
+    assert cli.main(['prune-oneshot', str(model_dir), str(out), '--data', str(data_dir), '--target', target,
+                     '--importance', method, '--calibration-samples', '6', '--batch-size', '2', '--dtype', 'fp32']) == 0
+    scores = json.loads((out / 'importance.json').read_text())['scores']
+    kept = {kind: top_indices(scores[kind], count) for kind, count in ONESHOT_KEPT.items()}
+
+    source, pruned = AutoModelForCausalLM.from_pretrained(model_dir), AutoModelForCausalLM.from_pretrained(out)
+    assert {field: getattr(pruned.config, field) for field in ONESHOT_TARGET} == ONESHOT_TARGET
+    hidden = torch.tensor(kept['hidden'])
+    expected = {'model.embed_tokens.weight': source.model.embed_tokens.weight[:, hidden],
+                'model.norm.weight': source.model.norm.weight[hidden],
+                'lm_head.weight': source.lm_head.weight[:, hidden]}
+    for new_index, layer in enumerate(kept['layer']):
+        groups = kept['kv_head'][layer]
+        heads = [group * QUERY_HEADS_PER_GROUP + head for group in groups for head in kept['head'][layer][group]]
+        query = rows_of(heads, HEAD_DIM)
+        channels = torch.tensor(kept['intermediate'][layer])
+        weights = dict(source.model.layers[layer].named_parameters())
+        expected |= {f'model.layers.{new_index}.{name}': value for name, value in {
+            'self_attn.q_proj.weight': weights['self_attn.q_proj.weight'][query][:, hidden],
+            'self_attn.k_proj.weight': weights['self_attn.k_proj.weight'][rows_of(groups, HEAD_DIM)][:, hidden],
+            'self_attn.v_proj.weight': weights['self_attn.v_proj.weight'][rows_of(groups, HEAD_DIM)][:, hidden],
+            'self_attn.o_proj.weight': weights['self_attn.o_proj.weight'][hidden][:, query],
+            'mlp.gate_proj.weight': weights['mlp.gate_proj.weight'][channels][:, hidden],
+            'mlp.up_proj.weight': weights['mlp.up_proj.weight'][channels][:, hidden],
+            'mlp.down_proj.weight': weights['mlp.down_proj.weight'][hidden][:, channels],
+            'input_layernorm.weight': weights['input_layernorm.weight'][hidden],
+            'post_attention_layernorm.weight': weights['post_attention_layernorm.weight'][hidden],
+        }.items()}
+    written = dict(pruned.named_parameters())
+    assert set(written) == set(expected)
+    for name, value in expected.items():
+        assert torch.equal(written[name], value), name
+
+    from_file = Shearing(ONESHOT_TARGET, None, init='importance', importance_file=str(out / 'importance.json'))
+    trainer_with(from_file, source, samples())
+    for kind, mask in from_file.l0_module.masks.items():
+        assert nonzero_indices(mask.deterministic()) == kept[kind], kind
+        assert nonzero_indices(mask.log_alpha > 0) == kept[kind], kind
 
 
 def test_an_importance_file_for_another_shape_is_refused(tmp_path: Path):

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
@@ -44,8 +45,20 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
         assert len(runs) == 1, name
         assert set(runs[0]['losses']) == set(experiment.DOMAINS), name
         assert all(math.isfinite(loss) for loss in [*runs[0]['losses'].values(), runs[0]['mean_loss']]), name
+        losses, tokens = runs[0]['losses'], runs[0]['tokens']
+        by_tokens = sum(losses[domain] * tokens[domain] for domain in losses) / sum(tokens.values())
+        assert runs[0]['mean_loss'] == pytest.approx(by_tokens, rel=1e-12), name
+        # The model that was evaluated has the shape the experiment asks for.
+        config = json.loads((Path(runs[0]['model']) / 'config.json').read_text())
+        shape = experiment.SOURCE_SHAPE if name == 'source' else experiment.TARGET_SHAPE
+        assert {field: config[field] for field in shape} == shape, name
     assert sum(results['mix'].values()) == pytest.approx(1, abs=1e-9)
     assert list(results['mix']) == list(experiment.DOMAINS) and all(share > 0 for share in results['mix'].values())
+    # The natural mix: each domain's share of the training tokens prepare-data counted (rounded to 4 decimals).
+    manifest = json.loads((tmp_path / 'run' / 'data' / 'manifest.json').read_text())
+    train_tokens = {domain: manifest['train'][domain]['tokens'] for domain in experiment.DOMAINS}
+    for domain, share in results['mix'].items():
+        assert share == pytest.approx(train_tokens[domain] / sum(train_tokens.values()), abs=5e-4), domain
     source_tokens, source_losses = results['source_curve']
     assert source_tokens == [0, 4 * 8 * 32, 8 * 8 * 32] and all(map(math.isfinite, source_losses))
     for name, runs in results['curves'].items():

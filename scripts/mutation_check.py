@@ -122,6 +122,7 @@ IMPORTANCE_TESTS = _tests(
     'tests/pruning/test_importance.py',
     'test_pruned_model_has_exactly_the_target_shape',
     'test_a_zeroed_structure_is_pruned_first',
+    'test_a_layer_that_adds_nothing_to_the_residual_stream_is_dropped_first_by_activation_importance',
 )
 EVALUATE_TESTS = _tests(
     'tests/evaluation/test_evaluate.py',

@@ -89,6 +89,18 @@ def test_a_zeroed_structure_is_pruned_first(method: str, weights: str):
     assert (masks.intermediate[:, 13] == 0).all() and (masks.intermediate.sum(-1) == 63).all()
 
 
+def test_a_layer_that_adds_nothing_to_the_residual_stream_is_dropped_first_by_activation_importance():
+    """A block whose attention and MLP outputs are zero passes its input through unchanged: cosine similarity 1
+    between its input and output, block importance 1 - 1 = 0, the lowest of the layers."""
+    model = FAMILIES['llama_mha']()
+    num_layers = model.config.num_hidden_layers
+    with torch.no_grad():
+        model.model.layers[1].self_attn.o_proj.weight.zero_()
+        model.model.layers[1].mlp.down_proj.weight.zero_()
+    masks = importance_masks(model, {'num_hidden_layers': num_layers - 1}, ['layer'], random_batches(), 'activation')
+    assert masks.layer.tolist() == [1.0 if index != 1 else 0.0 for index in range(num_layers)]
+
+
 def test_scores_need_calibration_batches_except_magnitude():
     model = FAMILIES['llama_mha']()
     with pytest.raises(ValueError, match="importance method 'activation' needs calibration batches"):

@@ -86,7 +86,6 @@ QUICK = dataclasses.replace(
 CONSTANT_MIX = ('callbacks.dynamic_loading.update=constant',)
 
 
-
 def pruning_stage(
     settings: RealModelSettings, data_dir: Path, source: Path, run_dir: Path, seed: int, mix: Sequence[float],
     reference: str, init_overrides: Sequence[str], label: str,
@@ -107,6 +106,7 @@ def continued_stage(
         settings, f'continued pre-training ({label}, seed {seed})', model, data_dir, output_dir, batches, seed, mix,
         (f'optimizer.lr={PRETRAINED_LEARNING_RATE}', reference),
     )
+
 
 def train_lm_loss(run: TrainingRun) -> tuple[list[int], list[float]]:
     """The LM part of the training loss at every batch of a pruning run (without the Lagrangian), batches counted

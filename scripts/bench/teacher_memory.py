@@ -16,8 +16,10 @@ teacher (hidden 64, 2 layers, vocabulary 1,000).
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,6 +35,11 @@ from scripts.bench.distillation_step import peak_bytes_beyond_start
 from scripts.bench.quick import parse_args
 
 WORLD_SIZE = 2
+SETUP_TIMEOUT_S = 600
+"""How long both ranks may take to set the teacher up and write their peaks; past it the benchmark fails."""
+TEARDOWN_GRACE_S = 30
+"""How long a rank that has written its peak may take to leave the gloo group and exit (gloo's teardown has hung
+once in destroy_process_group after both ranks passed their last barrier); past it the rank is terminated."""
 SETUPS = {
     'every rank reads the file': lambda folder: load_teacher(folder, torch.float32),
     'rank 0 reads, rank 1 receives': lambda folder: build_teacher(
@@ -45,7 +52,8 @@ def measure_rank(rank: int, setup: str, folder: Path, work: Path) -> None:
     """One rank: join the gloo group and write its peak memory beyond its start during the teacher's set-up."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE='2')
     torch.distributed.init_process_group(
-        'gloo', init_method=f'file://{work / "rendezvous"}', rank=rank, world_size=WORLD_SIZE
+        'gloo', init_method=f'file://{work / "rendezvous"}', rank=rank, world_size=WORLD_SIZE,
+        timeout=datetime.timedelta(seconds=SETUP_TIMEOUT_S),
     )
     try:
         held = []
@@ -54,6 +62,29 @@ def measure_rank(rank: int, setup: str, folder: Path, work: Path) -> None:
         (work / f'peak-rank{rank}').write_text(str(peak))
     finally:
         torch.distributed.destroy_process_group()
+
+
+def measure_ranks(setup: str, folder: Path, work: Path) -> list[int]:
+    """Each rank's peak during ``setup``, from ``WORLD_SIZE`` fresh processes. A rank still running
+    ``TEARDOWN_GRACE_S`` after every rank wrote its peak is terminated (and said so); no peak within
+    ``SETUP_TIMEOUT_S`` is a ``RuntimeError``."""
+    peak_files = [work / f'peak-rank{rank}' for rank in range(WORLD_SIZE)]
+    context = torch.multiprocessing.start_processes(
+        measure_rank, args=(setup, folder, work), nprocs=WORLD_SIZE, join=False,
+    )
+    deadline = time.monotonic() + SETUP_TIMEOUT_S
+    while not context.join(timeout=1):
+        if all(path.exists() for path in peak_files):
+            deadline = min(deadline, time.monotonic() + TEARDOWN_GRACE_S)
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.kill()
+            if not all(path.exists() for path in peak_files):
+                raise RuntimeError(f'{setup}: the ranks did not report their peaks within {SETUP_TIMEOUT_S} s')
+            print(f'{setup}: a rank hung leaving the gloo group after writing its peak and was terminated')
+            break
+    return [int(path.read_text()) for path in peak_files]
 
 
 def main() -> None:
@@ -76,8 +107,7 @@ def main() -> None:
         for setup in SETUPS:
             work = Path(root) / setup.replace(' ', '-').replace(',', '')
             work.mkdir()
-            torch.multiprocessing.spawn(measure_rank, args=(setup, folder, work), nprocs=WORLD_SIZE, join=True)
-            peaks = [int((work / f'peak-rank{rank}').read_text()) for rank in range(WORLD_SIZE)]
+            peaks = measure_ranks(setup, folder, work)
             ratios[setup] = [peak / teacher_bytes for peak in peaks]
             print(
                 f'{setup}: ' + ', '.join(

@@ -68,12 +68,6 @@ SLOW = {'export_memory', 'evaluate_throughput'}  # over about 20 s on 2 busy cor
 NEEDS = {'evaluate_throughput': SHARED / 'data' / 'eval-tasks' / 'arc_easy.jsonl'}
 
 
-HANGS = {
-    'teacher_memory': 'hung once in a full-suite run (one spawned rank gone, the other waiting); until that is '
-    'understood it runs by hand: .venv/bin/python -m scripts.bench.teacher_memory --quick',
-}
-
-
 def benchmark_modules() -> set[str]:
     """The modules of scripts/bench/ that run as a program (the others are their helpers)."""
     return {path.stem for path in BENCH.glob('*.py') if "if __name__ == '__main__':" in path.read_text()}
@@ -90,8 +84,6 @@ def run_all_benchmarks() -> list[str]:
 def test_benchmark_runs_in_its_smallest_form_and_prints_its_figures(name: str):
     if name in NEEDS and not NEEDS[name].is_file():
         pytest.skip(f'scripts.bench.{name} needs {NEEDS[name]}')
-    if name in HANGS:
-        pytest.skip(HANGS[name])
     result = subprocess.run(
         [sys.executable, '-m', f'scripts.bench.{name}', '--quick'], cwd=REPO, capture_output=True, text=True,
         timeout=600,

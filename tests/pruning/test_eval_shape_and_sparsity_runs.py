@@ -19,6 +19,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from llmshearing.pruning import Shearing
+from llmshearing.pruning.l0_module import StructureMasks
+from tests.pruning.references import scaled_source
 from tests.tiny_models import VOCAB_SIZE, tiny_llama
 
 # The hard-concrete constants of docs/pruning.md: stretch (l, r) = (-0.1, 1.1), temperature 2/3; a deterministic
@@ -44,14 +46,11 @@ def hand_masks(log_alpha: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 
 def masked_by_hand(model: LlamaForCausalLM, heads: torch.Tensor, channels: torch.Tensor) -> LlamaForCausalLM:
-    """The model whose head outputs and MLP channels are scaled by the masks: the columns of each layer's o_proj
-    (per head) and down_proj (per channel) multiplied by them."""
-    masked = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer, decoder_layer in enumerate(masked.model.layers):
-            decoder_layer.self_attn.o_proj.weight.mul_(heads[layer].repeat_interleave(HEAD_DIM))
-            decoder_layer.mlp.down_proj.weight.mul_(channels[layer])
-    return masked
+    """The model whose head outputs and MLP channels are scaled by the masks (every layer and hidden dimension
+    kept)."""
+    masks = StructureMasks(layer=torch.ones(len(heads)), query_heads=heads, intermediate=channels,
+                           hidden=torch.ones(model.config.hidden_size))
+    return scaled_source(model, masks)
 
 
 def loss_of(model: LlamaForCausalLM, input_ids: torch.Tensor) -> float:

@@ -222,19 +222,19 @@ def test_masks_near_one_start_at_the_source_model(smollm2: Path):
               'num_hidden_layers': 20}
     with torch.no_grad():
         source_loss = model(input_ids=batch, labels=batch).loss.item()
-        losses, samples = {}, {}
+        losses, drawn = {}, {}
         for droprate_init in (0.5, 0.01):
             masked = copy.deepcopy(model)
             l0_module = attach_masks(masked, target, MODULES, droprate_init=droprate_init)
             masked.train()
             generator = torch.Generator().manual_seed(0)
             # What the forward below draws from the same seed: one sample per mask kind, in the masks' order.
-            samples[droprate_init] = {kind: mask.sample(generator) for kind, mask in l0_module.masks.items()}
+            drawn[droprate_init] = {kind: mask.sample(generator) for kind, mask in l0_module.masks.items()}
             l0_module.generator = torch.Generator().manual_seed(0)
             losses[droprate_init] = masked(input_ids=batch, labels=batch).loss.item()
         # The forward is the source with exactly the sampled gate values in its weights (a plain HF model); query head
         # h of a layer carries its own gate times the gate of key/value head h // 3.
-        gates = samples[0.01]
+        gates = drawn[0.01]
         layers, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
         masks = StructureMasks(
             layer=gates['layer'], query_heads=(gates['head'] * gates['kv_head'].unsqueeze(-1)).reshape(layers, -1),

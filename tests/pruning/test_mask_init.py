@@ -18,7 +18,7 @@ from llmshearing.pruning import Shearing, attach_masks, importance_masks
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_alpha_from_scores
 from llmshearing.pruning.l0_module import StructureMasks
 from tests.paths import REPO
-from tests.pruning.references import scaled_source
+from tests.pruning.references import nonzero_indices, scaled_source
 from tests.pruning.trainers import samples, trainer_with
 from tests.tiny_models import tiny_gqa_llama, tiny_llama
 
@@ -71,13 +71,6 @@ def top_indices(scores: list, count: int) -> list:
     if isinstance(scores[0], list):
         return [top_indices(row, count) for row in scores]
     return sorted(sorted(range(len(scores)), key=lambda index: -scores[index])[:count])
-
-
-def nonzero_indices(values: torch.Tensor) -> list:
-    """The indices of the non-zero entries of every row (the last dimension), nested as ``values`` is."""
-    if values.dim() > 1:
-        return [nonzero_indices(row) for row in values]
-    return torch.nonzero(values).flatten().tolist()
 
 
 def rows_of(units: list[int], size: int) -> torch.Tensor:

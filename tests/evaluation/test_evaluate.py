@@ -301,12 +301,10 @@ def test_acc_and_acc_norm_are_those_of_direct_log_likelihoods(tmp_path: Path, to
     length normalisation), both averaged over the rows."""
     write_jsonl(tmp_path / 'logi_qa.jsonl', LENGTH_ROWS)
     model_dir = toy_models[0]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    independent = independent_records(model_dir, tmp_path, {'logi_qa': list(range(len(LENGTH_ROWS)))})
     correct, correct_normalised = [], []
-    for row in LENGTH_ROWS:
-        context = row['query'].strip() + '\nAnswer:'
-        lls = [continuation_loglikelihood(model, tokenizer, context, ' ' + choice)[0] for choice in row['choices']]
+    for index, row in enumerate(LENGTH_ROWS):
+        lls = [ll for ll, _ in independent['logi_qa', index]]
         per_character = [ll / len(choice) for ll, choice in zip(lls, row['choices'])]
         correct.append(max(range(len(lls)), key=lls.__getitem__) == row['gold'])
         correct_normalised.append(max(range(len(lls)), key=per_character.__getitem__) == row['gold'])

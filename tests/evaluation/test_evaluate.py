@@ -46,6 +46,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def copy_without_tokenizer(model_dir: Path, folder: Path) -> Path:
+    """A new folder with the config and weights of the saved model ``model_dir`` and no tokenizer files."""
+    folder.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    return folder
+
+
 @pytest.fixture
 def task_dir(tmp_path: Path) -> Path:
     folder = tmp_path / 'tasks'
@@ -163,10 +171,7 @@ def test_existing_output_is_not_overwritten(task_dir: Path, toy_models: list[Pat
 def test_every_model_is_checked_before_any_is_loaded(
     task_dir: Path, toy_models: list[Path], tmp_path: Path, capsys, monkeypatch,
 ):
-    without_tokenizer = tmp_path / 'no-tokenizer'
-    without_tokenizer.mkdir()
-    for name in ('config.json', 'model.safetensors'):
-        (without_tokenizer / name).write_bytes((toy_models[1] / name).read_bytes())
+    without_tokenizer = copy_without_tokenizer(toy_models[1], tmp_path / 'no-tokenizer')
     loaded = []
     monkeypatch.setattr(AutoModelForCausalLM, 'from_pretrained', lambda folder, **kwargs: loaded.append(folder))
     out = tmp_path / 'result.json'

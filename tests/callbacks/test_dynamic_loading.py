@@ -437,26 +437,35 @@ def test_state_round_trips():
     assert callback.state_dict() == {'references': [1.0, 2.0, 3.0], 'proportions': [0.2, 0.3, 0.5]}
 
 
+def train_tiny_recipe(
+    source: Path, data: Path, output: Path, *, batches: int, interval: int, domains: Sequence[str],
+    proportions: Sequence[float], references: Sequence[float], settings: Sequence[str] = (),
+) -> None:
+    """The tiny continued pre-training YAML on ``domains``, starting from ``proportions``: ``batches`` batches,
+    evaluated first and every ``interval`` batches against the loss ``references``, with a checkpoint at each
+    evaluation; ``settings`` are further overrides."""
+    train_from_yaml(
+        str(REPO / 'yamls/tiny/continued_pretraining.yaml'),
+        [
+            f'variables.model_path={source}', f'variables.data_local={data}', f'variables.output_dir={output}',
+            f'max_duration={batches}ba', f'eval_interval={interval}ba', f'save_interval={interval}ba',
+            f'variables.domains=[{",".join(domains)}]',
+            f'train_loader.dataset.proportions=[{",".join(map(str, proportions))}]',
+            f'callbacks.dynamic_loading.reference=[{",".join(map(str, references))}]', *settings,
+        ],
+    ).close()
+
+
 @pytest.fixture(scope='module')
 def training_runs(data, tmp_path_factory) -> Path:
     """The tiny continued pre-training YAML for 8 batches, evaluated first and every 4; then again resumed from
     its batch-4 checkpoint."""
     root = tmp_path_factory.mktemp('runs')
     source = save_toy_model(root / 'source')
-    settings = [
-        f'variables.model_path={source}', f'variables.data_local={data}', 'max_duration=8ba', 'eval_interval=4ba',
-        'save_interval=4ba', 'callbacks.dynamic_loading.reference=[4.0,4.0,4.0]',
-        f'variables.domains=[{",".join(DOMAINS)}]', f'train_loader.dataset.proportions=[{",".join(map(str, INITIAL))}]',
-    ]
-    recipe = str(REPO / 'yamls/tiny/continued_pretraining.yaml')
-    train_from_yaml(recipe, settings + [f'variables.output_dir={root / "uninterrupted"}']).close()
-    train_from_yaml(
-        recipe,
-        settings + [
-            f'variables.output_dir={root / "resumed"}',
-            f'load_path={root / "uninterrupted" / "checkpoints" / "ep0-ba4-rank0.pt"}',
-        ],
-    ).close()
+    run = {'batches': 8, 'interval': 4, 'domains': DOMAINS, 'proportions': INITIAL, 'references': (4.0, 4.0, 4.0)}
+    train_tiny_recipe(source, data, root / 'uninterrupted', **run)
+    checkpoint = root / 'uninterrupted' / 'checkpoints' / 'ep0-ba4-rank0.pt'
+    train_tiny_recipe(source, data, root / 'resumed', **run, settings=[f'load_path={checkpoint}'])
     return root
 
 
@@ -465,17 +474,11 @@ def continued_run(training_runs, data) -> Path:
     """4 batches of the tiny continued pre-training YAML, starting from the proportions the uninterrupted run
     ended with, its domains listed in another order."""
     output = training_runs / 'continued'
-    domains = ('wiki', 'cc', 'github')
-    train_from_yaml(
-        str(REPO / 'yamls/tiny/continued_pretraining.yaml'),
-        [
-            f'variables.model_path={training_runs / "source"}', f'variables.data_local={data}',
-            f'variables.output_dir={output}', 'max_duration=4ba', 'eval_interval=4ba', 'save_interval=4ba',
-            'callbacks.dynamic_loading.reference=[4.0,4.0,4.0]', f'variables.domains=[{",".join(domains)}]',
-            'train_loader.dataset.proportions=[0.2,0.4,0.4]',
-            f'callbacks.dynamic_loading.initial_proportions={training_runs / "uninterrupted"}',
-        ],
-    ).close()
+    train_tiny_recipe(
+        training_runs / 'source', data, output, batches=4, interval=4, domains=('wiki', 'cc', 'github'),
+        proportions=(0.2, 0.4, 0.4), references=(4.0, 4.0, 4.0),
+        settings=[f'callbacks.dynamic_loading.initial_proportions={training_runs / "uninterrupted"}'],
+    )
     return output
 
 
@@ -553,17 +556,14 @@ def two_domain_run(request, tmp_path_factory) -> tuple[Path, float | None]:
     root = tmp_path_factory.mktemp('two-domains')
     save_toy_model(root / 'source')
     write_random_domain_data(root / 'data', TWO_DOMAINS, train_samples=16, eval_samples=4, seq_len=SEQ_LEN)
-    train_from_yaml(
-        str(REPO / 'yamls/tiny/continued_pretraining.yaml'),
-        [
-            f'variables.model_path={root / "source"}', f'variables.data_local={root / "data"}',
-            f'variables.output_dir={root / "run"}', 'max_duration=4ba', 'eval_interval=2ba', 'save_interval=2ba',
-            f'variables.domains=[{",".join(TWO_DOMAINS)}]', 'train_loader.dataset.proportions=[0.7,0.3]',
-            f'callbacks.dynamic_loading.reference=[{",".join(map(str, TWO_DOMAIN_REFERENCES))}]',
+    train_tiny_recipe(
+        root / 'source', root / 'data', root / 'run', batches=4, interval=2, domains=TWO_DOMAINS,
+        proportions=(0.7, 0.3), references=TWO_DOMAIN_REFERENCES,
+        settings=[
             'callbacks.dynamic_loading.eta=0.5', 'callbacks.dynamic_loading.smoothing=0.05',
             f'callbacks.dynamic_loading.max_step={"null" if max_step is None else max_step}',
         ],
-    ).close()
+    )
     return root, max_step
 
 

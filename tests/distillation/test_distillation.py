@@ -158,6 +158,7 @@ def _train(
     steps: int = 2,
     batches: list[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[Trainer, _RecordLosses]:
+    """Train the student on ``batches`` (default: ``steps`` random batches of 2), one step each."""
     torch.manual_seed(0)
     tokenizer = byte_level_tokenizer()
     model = build_composer_model(
@@ -168,7 +169,7 @@ def _train(
     batches = batches if batches is not None else [_batch(num_samples=2) for _ in range(steps)]
     recorder = _RecordLosses()
     trainer = Trainer(
-        model=model, train_dataloader=batches, max_duration=f'{steps}ba', algorithms=algorithms,
+        model=model, train_dataloader=batches, max_duration=f'{len(batches)}ba', algorithms=algorithms,
         optimizers=torch.optim.SGD(model.parameters(), lr=0.1), device_train_microbatch_size=microbatch_size,
         callbacks=[recorder], seed=0, progress_bar=False, log_to_console=False, device='cpu',
     )
@@ -219,7 +220,7 @@ def test_the_trainers_kd_is_the_kl_of_the_models_logits_over_the_predicted_posit
 
     alpha, temperature = 0.5, 2.0
     _, recorder = _train(
-        toy, [Distillation(str(toy['teacher']), alpha=alpha, temperature=temperature)], microbatch_size=2, steps=1,
+        toy, [Distillation(str(toy['teacher']), alpha=alpha, temperature=temperature)], microbatch_size=2,
         batches=[batch],
     )
 

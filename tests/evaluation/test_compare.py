@@ -19,6 +19,7 @@ from llmshearing import cli
 from llmshearing.evaluation.local_judge import LocalJudge
 from llmshearing.evaluation.pairwise import JUDGE_PROMPT, chat_completions_url, reply_position, wilson_interval
 from llmshearing.toy import byte_level_tokenizer
+from tests.evaluation.test_evaluate import copy_without_tokenizer
 from tests.tiny_models import tiny_llama
 
 RESPONSES = ['Blue.', 'The sky is blue on a clear day.', 'zzz', 'I do not know.', 'Paris', 'forty-two',
@@ -323,10 +324,7 @@ def test_bad_input_fails_with_one_line_naming_it(
 def test_a_judge_folder_without_tokenizer_files_fails_with_one_line(
     judge_dir: Path, files: dict[str, Path], tmp_path: Path, capsys,
 ):
-    judge = tmp_path / 'judge-without-tokenizer'
-    judge.mkdir()
-    for name in ('config.json', 'model.safetensors'):
-        (judge / name).write_bytes((judge_dir / name).read_bytes())
+    judge = copy_without_tokenizer(judge_dir, tmp_path / 'judge-without-tokenizer')
     out = tmp_path / 'result.json'
     assert run_cli(str(files['a']), str(files['b']), '--judge', str(judge), '--out', str(out)) == 2
     assert capsys.readouterr().err == (

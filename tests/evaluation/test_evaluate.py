@@ -46,6 +46,14 @@ def write_jsonl(path: Path, rows: list) -> Path:
     return path
 
 
+def copy_without_tokenizer(model_dir: Path, folder: Path) -> Path:
+    """A new folder with the config and weights of the saved model ``model_dir`` and no tokenizer files."""
+    folder.mkdir()
+    for name in ('config.json', 'model.safetensors'):
+        (folder / name).write_bytes((model_dir / name).read_bytes())
+    return folder
+
+
 @pytest.fixture
 def task_dir(tmp_path: Path) -> Path:
     folder = tmp_path / 'tasks'
@@ -163,10 +171,7 @@ def test_existing_output_is_not_overwritten(task_dir: Path, toy_models: list[Pat
 def test_every_model_is_checked_before_any_is_loaded(
     task_dir: Path, toy_models: list[Path], tmp_path: Path, capsys, monkeypatch,
 ):
-    without_tokenizer = tmp_path / 'no-tokenizer'
-    without_tokenizer.mkdir()
-    for name in ('config.json', 'model.safetensors'):
-        (without_tokenizer / name).write_bytes((toy_models[1] / name).read_bytes())
+    without_tokenizer = copy_without_tokenizer(toy_models[1], tmp_path / 'no-tokenizer')
     loaded = []
     monkeypatch.setattr(AutoModelForCausalLM, 'from_pretrained', lambda folder, **kwargs: loaded.append(folder))
     out = tmp_path / 'result.json'
@@ -301,12 +306,10 @@ def test_acc_and_acc_norm_are_those_of_direct_log_likelihoods(tmp_path: Path, to
     length normalisation), both averaged over the rows."""
     write_jsonl(tmp_path / 'logi_qa.jsonl', LENGTH_ROWS)
     model_dir = toy_models[0]
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    independent = independent_records(model_dir, tmp_path, {'logi_qa': list(range(len(LENGTH_ROWS)))})
     correct, correct_normalised = [], []
-    for row in LENGTH_ROWS:
-        context = row['query'].strip() + '\nAnswer:'
-        lls = [continuation_loglikelihood(model, tokenizer, context, ' ' + choice)[0] for choice in row['choices']]
+    for index, row in enumerate(LENGTH_ROWS):
+        lls = [ll for ll, _ in independent['logi_qa', index]]
         per_character = [ll / len(choice) for ll, choice in zip(lls, row['choices'])]
         correct.append(max(range(len(lls)), key=lls.__getitem__) == row['gold'])
         correct_normalised.append(max(range(len(lls)), key=per_character.__getitem__) == row['gold'])

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from llmshearing import cli
 from llmshearing.evaluation.generation import generate_responses, model_prompt
 from llmshearing.toy import byte_level_tokenizer, save_toy_model
-from tests.evaluation.test_evaluate import write_jsonl
+from tests.evaluation.test_evaluate import copy_without_tokenizer, write_jsonl
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>{{ message['content'] }}\n{% endfor %}"
@@ -205,10 +205,7 @@ def test_bad_input_fails_with_one_line_naming_it(
 def test_a_model_folder_without_tokenizer_files_fails_with_one_line(
     models: dict[str, Path], prompts_file: Path, tmp_path: Path, capsys,
 ):
-    without_tokenizer = tmp_path / 'no-tokenizer'
-    without_tokenizer.mkdir()
-    for name in ('config.json', 'model.safetensors'):
-        (without_tokenizer / name).write_bytes((models['plain'] / name).read_bytes())
+    without_tokenizer = copy_without_tokenizer(models['plain'], tmp_path / 'no-tokenizer')
     out = tmp_path / 'outputs.json'
     assert run_cli(str(without_tokenizer), '--prompts', str(prompts_file), '--out', str(out)) == 2
     assert capsys.readouterr().err == (

@@ -1,5 +1,6 @@
 """References for the pruning tests that do not use the code under test: log-alphas for chosen keep probabilities
-(the hard-concrete closed form), and a source model with masks multiplied into its weights (plain HF modules)."""
+(the hard-concrete closed form), a source model with masks multiplied into its weights (plain HF modules), and the
+indices a mask keeps."""
 
 from __future__ import annotations
 
@@ -18,6 +19,13 @@ def log_alpha_keeping(probabilities) -> torch.Tensor:
     the stretch (-0.1, 1.1) and temperature 2/3 of Louizos et al."""
     p = torch.as_tensor(probabilities, dtype=torch.float64)
     return (torch.log(p) - torch.log1p(-p) - 2 / 3 * math.log(11)).float()
+
+
+def nonzero_indices(values: torch.Tensor) -> list:
+    """The indices of the non-zero entries of every row (the last dimension), nested as ``values`` is."""
+    if values.dim() > 1:
+        return [nonzero_indices(row) for row in values]
+    return torch.nonzero(values).flatten().tolist()
 
 
 def scaled_source(source: PreTrainedModel, masks: StructureMasks, scale_embedding: bool = True) -> PreTrainedModel:

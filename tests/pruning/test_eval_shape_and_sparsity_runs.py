@@ -6,19 +6,18 @@ that shape worked out by hand."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from composer import Trainer
-from composer.metrics.nlp import LanguageCrossEntropy
-from composer.models import HuggingFaceModel
 from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from llmshearing.pruning import Shearing
+from llmshearing.pruning.l0_module import StructureMasks
+from tests.pruning.references import scaled_source
+from tests.pruning.trainers import samples, trainer_with
 from tests.tiny_models import VOCAB_SIZE, tiny_llama
 
 # The hard-concrete constants of docs/pruning.md: stretch (l, r) = (-0.1, 1.1), temperature 2/3; a deterministic
@@ -44,34 +43,17 @@ def hand_masks(log_alpha: torch.Tensor, counts: list[int]) -> torch.Tensor:
 
 
 def masked_by_hand(model: LlamaForCausalLM, heads: torch.Tensor, channels: torch.Tensor) -> LlamaForCausalLM:
-    """The model whose head outputs and MLP channels are scaled by the masks: the columns of each layer's o_proj
-    (per head) and down_proj (per channel) multiplied by them."""
-    masked = copy.deepcopy(model)
-    with torch.no_grad():
-        for layer, decoder_layer in enumerate(masked.model.layers):
-            decoder_layer.self_attn.o_proj.weight.mul_(heads[layer].repeat_interleave(HEAD_DIM))
-            decoder_layer.mlp.down_proj.weight.mul_(channels[layer])
-    return masked
+    """The model whose head outputs and MLP channels are scaled by the masks (every layer and hidden dimension
+    kept)."""
+    masks = StructureMasks(layer=torch.ones(len(heads)), query_heads=heads, intermediate=channels,
+                           hidden=torch.ones(model.config.hidden_size))
+    return scaled_source(model, masks)
 
 
 def loss_of(model: LlamaForCausalLM, input_ids: torch.Tensor) -> float:
     with torch.no_grad():
         logits = model(input_ids).logits
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), input_ids[:, 1:].flatten()).item()
-
-
-def samples(count: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    input_ids = torch.randint(0, VOCAB_SIZE, (count, 16), generator=torch.Generator().manual_seed(seed))
-    return [{'input_ids': ids, 'labels': ids.clone()} for ids in input_ids]
-
-
-def trainer(model: LlamaForCausalLM, shearing: Shearing, num_batches: int, lr: float = 0.0, **kwargs) -> Trainer:
-    composer_model = HuggingFaceModel(model, use_logits=True, eval_metrics=[LanguageCrossEntropy()])
-    return Trainer(
-        model=composer_model, train_dataloader=DataLoader(samples(4 * num_batches, 1), batch_size=4),
-        optimizers=torch.optim.SGD(composer_model.parameters(), lr=lr), max_duration=f'{num_batches}ba',
-        algorithms=[shearing], seed=0, progress_bar=False, log_to_console=False, **kwargs,
-    )
 
 
 @pytest.mark.parametrize('eval_target_shape', [True, False])
@@ -82,13 +64,12 @@ def test_evaluation_uses_the_target_shape_or_each_layers_expected_count(eval_tar
     # Weights ten times the default scale: the layers' outputs, so the mask values, move the loss (by about 1e-3
     # when the masks' scores change by a few percent; at the default scale by 1e-6).
     source = tiny_llama(initializer_range=0.2)
-    reference = copy.deepcopy(source)
     shearing = Shearing(
         {'num_attention_heads': 2, 'intermediate_size': 32}, ['head', 'intermediate'],
         eval_target_shape=eval_target_shape,
     )
     eval_data = samples(8, 2)
-    run = trainer(source, shearing, 1, eval_dataloader=DataLoader(eval_data, batch_size=4))
+    run = trainer_with(shearing, source, samples(4, 1), eval_dataloader=DataLoader(eval_data, batch_size=4))
     head_log_alpha = torch.tensor(HEAD_LOG_ALPHAS)
     channel_log_alpha = 3 * torch.randn(3, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -100,10 +81,10 @@ def test_evaluation_uses_the_target_shape_or_each_layers_expected_count(eval_tar
     expected_channels = keep_probability(channel_log_alpha).sum(-1).round().int().tolist()
     assert len(set(expected_channels)) == 3 and 32 not in expected_channels
     target_shape = masked_by_hand(
-        reference, hand_masks(head_log_alpha, [2] * 3), hand_masks(channel_log_alpha, [32] * 3)
+        source, hand_masks(head_log_alpha, [2] * 3), hand_masks(channel_log_alpha, [32] * 3)
     )
     expected_shape = masked_by_hand(
-        reference, hand_masks(head_log_alpha, [3, 4, 1]), hand_masks(channel_log_alpha, expected_channels)
+        source, hand_masks(head_log_alpha, [3, 4, 1]), hand_masks(channel_log_alpha, expected_channels)
     )
     evaluated_model, other_model = (
         (target_shape, expected_shape) if eval_target_shape else (expected_shape, target_shape)
@@ -132,7 +113,7 @@ def test_target_sparsity_exports_the_shape_the_masks_keep_in_expectation(tmp_pat
         None, ['head', 'intermediate'], target_sparsity=0.5, lag_lr=0.5, export_dir=str(tmp_path / 'pruned'),
         export_dtype='fp32',
     )
-    run = trainer(tiny_llama(), shearing, 4, lr=1e-3)
+    run = trainer_with(shearing, tiny_llama(), samples(16, 1), num_batches=4, lr=1e-3)
     with torch.no_grad():
         shearing.l0_module.masks['head'].log_alpha.copy_(torch.tensor(HEAD_LOG_ALPHAS))
         layer_offsets = torch.tensor([[3.0], [0.0], [-3.0]])

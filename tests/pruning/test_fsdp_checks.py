@@ -4,13 +4,10 @@ algorithm's INIT on a CPU before it would need CUDA for FSDP): each fails before
 from __future__ import annotations
 
 import pytest
-import torch
-from composer import Trainer
-from composer.models import HuggingFaceModel
-from torch.utils.data import DataLoader
 
 from llmshearing.pruning import Shearing
-from tests.tiny_models import VOCAB_SIZE, tiny_llama
+from tests.pruning.trainers import samples, trainer_with
+from tests.tiny_models import tiny_llama
 
 
 @pytest.mark.parametrize(
@@ -37,12 +34,7 @@ from tests.tiny_models import VOCAB_SIZE, tiny_llama
     ids=['use_orig_params', 'reentrant_checkpointing', 'importance_without_file'],
 )
 def test_fsdp_settings_that_would_lose_the_masks_fail_before_training(shearing, fsdp, message):
-    input_ids = torch.randint(0, VOCAB_SIZE, (4, 8))
+    algorithm = Shearing({'num_attention_heads': 2}, ['head'], **shearing)
     with pytest.raises(ValueError) as raised:
-        Trainer(
-            model=HuggingFaceModel(tiny_llama(), use_logits=True),
-            train_dataloader=DataLoader([{'input_ids': ids, 'labels': ids.clone()} for ids in input_ids], batch_size=4),
-            max_duration='1ba', algorithms=[Shearing({'num_attention_heads': 2}, ['head'], **shearing)],
-            parallelism_config={'fsdp': fsdp}, progress_bar=False, log_to_console=False,
-        )
+        trainer_with(algorithm, tiny_llama(), samples(4), parallelism_config={'fsdp': fsdp})
     assert str(raised.value) == message

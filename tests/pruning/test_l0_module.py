@@ -16,7 +16,7 @@ from llmshearing.pruning.hard_concrete import (
     keep_probability,
     sample_hard_concrete,
 )
-from tests.pruning.references import log_alpha_keeping
+from tests.pruning.references import log_alpha_keeping, nonzero_indices
 from tests.tiny_models import FAMILIES, VOCAB_SIZE
 
 MHA = ModelShape(
@@ -119,17 +119,13 @@ def test_deterministic_masks_keep_the_structures_with_the_highest_log_alphas():
             l0_module.masks[kind].log_alpha.copy_(torch.tensor(values))
     masks = l0_module.deterministic_masks()
 
-    def kept(mask: torch.Tensor) -> list:
-        """The indices of the nonzero gates of every row."""
-        return torch.nonzero(mask).flatten().tolist() if mask.dim() == 1 else [kept(row) for row in mask]
-
-    assert kept(masks.layer) == [0, 2]
-    assert kept(masks.hidden) == [1, 3, 5]
-    assert kept(masks.intermediate) == [[2, 4], [3, 4], [0, 1]]
-    assert kept(masks.kv_heads) == [[0], [1], [1]]
+    assert nonzero_indices(masks.layer) == [0, 2]
+    assert nonzero_indices(masks.hidden) == [1, 3, 5]
+    assert nonzero_indices(masks.intermediate) == [[2, 4], [3, 4], [0, 1]]
+    assert nonzero_indices(masks.kv_heads) == [[0], [1], [1]]
     # Query head h is head h % 4 of group h // 4: layer 0 keeps group 0's heads 1, 2; layer 1 group 1's heads 0, 2;
     # layer 2 group 1's heads 1, 3.
-    assert kept(masks.query_heads) == [[1, 2], [4, 6], [5, 7]]
+    assert nonzero_indices(masks.query_heads) == [[1, 2], [4, 6], [5, 7]]
     # A kept query head carries its own gate times its key/value head's: sigmoid(1.2 * 2) * sigmoid(1.2 * 1) in
     # layer 0, head 1.
     assert masks.query_heads[0, 1].item() == pytest.approx(0.916827 * 0.768525, abs=1e-5)

@@ -9,11 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from composer import Trainer
 from composer.loggers import InMemoryLogger
-from composer.models import HuggingFaceModel
 from omegaconf import OmegaConf
-from torch.utils.data import DataLoader
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from llmshearing import cli
@@ -21,8 +18,9 @@ from llmshearing.pruning import Shearing, attach_masks, importance_masks
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX, LOG_ALPHA_MIN, log_alpha_from_scores
 from llmshearing.pruning.l0_module import StructureMasks
 from tests.paths import REPO
-from tests.pruning.references import scaled_source
-from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
+from tests.pruning.references import nonzero_indices, scaled_source
+from tests.pruning.trainers import samples, trainer_with
+from tests.tiny_models import tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 3, 'num_key_value_heads': 1, 'intermediate_size': 40,
           'num_hidden_layers': 2}
@@ -37,28 +35,6 @@ def test_log_alphas_are_positive_exactly_for_the_top_scores_and_keep_their_order
     assert log_alpha[0, 3] > log_alpha[0, 4]  # a tie goes to the lower index
     assert log_alpha_from_scores(scores, 3, scale=1e3)[1].tolist() == pytest.approx(
         [LOG_ALPHA_MIN] * 2 + [LOG_ALPHA_MAX] * 3
-    )
-
-
-def samples(num: int = 8) -> list[dict[str, torch.Tensor]]:
-    generator = torch.Generator().manual_seed(3)
-    return [
-        {'input_ids': ids, 'labels': ids.clone()}
-        for ids in torch.randint(0, VOCAB_SIZE, (num, 16), generator=generator)
-    ]
-
-
-def trainer_with(algorithm: Shearing, source: torch.nn.Module, data: list[dict]) -> Trainer:
-    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
-    return Trainer(
-        model=model,
-        train_dataloader=DataLoader(data, batch_size=4),
-        optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
-        max_duration='1ba',
-        algorithms=[algorithm],
-        seed=0,
-        progress_bar=False,
-        log_to_console=False,
     )
 
 
@@ -95,13 +71,6 @@ def top_indices(scores: list, count: int) -> list:
     if isinstance(scores[0], list):
         return [top_indices(row, count) for row in scores]
     return sorted(sorted(range(len(scores)), key=lambda index: -scores[index])[:count])
-
-
-def nonzero_indices(values: torch.Tensor) -> list:
-    """The indices of the non-zero entries of every row (the last dimension), nested as ``values`` is."""
-    if values.dim() > 1:
-        return [nonzero_indices(row) for row in values]
-    return torch.nonzero(values).flatten().tolist()
 
 
 def rows_of(units: list[int], size: int) -> torch.Tensor:
@@ -207,10 +176,7 @@ def test_a_resumed_run_keeps_its_checkpointed_log_alphas(tmp_path: Path):
     assert any(not torch.equal(mask.log_alpha, saved[kind]) for kind, mask in fresh.l0_module.masks.items())
 
     resumed = Shearing(TARGET, MODULES, init='importance', calibration_batches=2)
-    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
-    Trainer(model=model, train_dataloader=DataLoader(other_data, batch_size=4),
-            optimizers=torch.optim.SGD(model.parameters(), lr=0.0), max_duration='2ba', algorithms=[resumed],
-            load_path=checkpoint, seed=0, progress_bar=False, log_to_console=False)
+    trainer_with(resumed, source, other_data, num_batches=2, load_path=checkpoint)
     for kind, mask in resumed.l0_module.masks.items():
         assert torch.equal(mask.log_alpha.detach(), saved[kind]), kind
 
@@ -229,19 +195,7 @@ def test_the_llama2_recipes_start_with_every_gate_kept(recipe: Path):
         list(settings.pruning_modules), init=settings.init, eval_target_shape=settings.eval_target_shape,
     )
     logger = InMemoryLogger()
-    source = tiny_llama()
-    model = HuggingFaceModel(copy.deepcopy(source), use_logits=True)
-    Trainer(
-        model=model,
-        train_dataloader=DataLoader(samples(), batch_size=4),
-        optimizers=torch.optim.SGD(model.parameters(), lr=0.0),
-        max_duration='1ba',
-        algorithms=[algorithm],
-        loggers=[logger],
-        seed=0,
-        progress_bar=False,
-        log_to_console=False,
-    ).fit()
+    trainer_with(algorithm, tiny_llama(), samples(), loggers=[logger]).fit()
     for kind in settings.pruning_modules:
         (_, first_batch_sparsity), = logger.data[f'shearing/expected_sparsity/{kind}']
         assert first_batch_sparsity == pytest.approx(1 / (1 + 100 * 11 ** (2 / 3)), abs=1e-6), kind  # 0.00202
@@ -261,19 +215,19 @@ def test_masks_near_one_start_at_the_source_model(smollm2: Path):
               'num_hidden_layers': 20}
     with torch.no_grad():
         source_loss = model(input_ids=batch, labels=batch).loss.item()
-        losses, samples = {}, {}
+        losses, drawn = {}, {}
         for droprate_init in (0.5, 0.01):
             masked = copy.deepcopy(model)
             l0_module = attach_masks(masked, target, MODULES, droprate_init=droprate_init)
             masked.train()
             generator = torch.Generator().manual_seed(0)
             # What the forward below draws from the same seed: one sample per mask kind, in the masks' order.
-            samples[droprate_init] = {kind: mask.sample(generator) for kind, mask in l0_module.masks.items()}
+            drawn[droprate_init] = {kind: mask.sample(generator) for kind, mask in l0_module.masks.items()}
             l0_module.generator = torch.Generator().manual_seed(0)
             losses[droprate_init] = masked(input_ids=batch, labels=batch).loss.item()
         # The forward is the source with exactly the sampled gate values in its weights (a plain HF model); query head
         # h of a layer carries its own gate times the gate of key/value head h // 3.
-        gates = samples[0.01]
+        gates = drawn[0.01]
         layers, kv_heads = model.config.num_hidden_layers, model.config.num_key_value_heads
         masks = StructureMasks(
             layer=gates['layer'], query_heads=(gates['head'] * gates['kv_head'].unsqueeze(-1)).reshape(layers, -1),

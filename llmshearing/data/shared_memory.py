@@ -10,6 +10,12 @@ both find the same free number, and the second creation fails with ``FileExistsE
 its creation, so that processes that import ``llmshearing.data`` never pick the same number. The other ranks
 of a job only attach to the leader's names, and take no lock.
 
+The search attaches to each taken name to read it, and Streaming keeps every attachment (one file descriptor
+each) until the process exits: a process holding N numbers leaks about 6 N descriptors per dataset it builds,
+which ends in ``OSError: [Errno 24] Too many open files`` in processes that build many datasets, or on machines
+where killed jobs left numbers behind. ``close_prefix_search_attachments`` makes the search's attachments close
+as soon as the search drops them.
+
 ``release_shared_memory`` gives a dataset's names and blocks back before the process exits (what
 ``DynamicStreamingDataset.close()`` and ``DomainStreamingDataset.close()`` do), for processes that build many.
 """
@@ -24,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 import streaming.base.dataset
+import streaming.base.shared.prefix
 from filelock import FileLock
 from streaming import StreamingDataset
 from streaming.base.shared import SharedArray, SharedBarrier, SharedScalar
@@ -49,6 +56,19 @@ def serialize_shm_prefix_registration() -> None:
     """Make every ``StreamingDataset`` built in this process register its shared memory under the lock."""
     if not getattr(streaming.base.dataset.get_shm_prefix, 'serialized', False):
         streaming.base.dataset.get_shm_prefix = _locked(streaming.base.dataset.get_shm_prefix)
+
+
+class _TransientAttachment(StreamingSharedMemory):
+    """Streaming's ``SharedMemory`` whose attachments to existing blocks are not kept until the process exits:
+    they close when their last reference goes. Blocks it creates are still cleaned up at exit."""
+
+    def __init__(self, name: str | None = None, create: bool | None = None, size: int = 0, auto_cleanup: bool = True):
+        super().__init__(name, create, size, auto_cleanup=auto_cleanup and create is not False)
+
+
+def close_prefix_search_attachments() -> None:
+    """Make Streaming's shared-memory prefix search close each block it attaches to once it is done with it."""
+    streaming.base.shared.prefix.SharedMemory = _TransientAttachment
 
 
 def _streaming_shared_memory(dataset: StreamingDataset) -> list[StreamingSharedMemory]:

@@ -1,16 +1,21 @@
-"""Two unrelated processes that prepare data and build ``dynamic_text`` datasets at the same moments on one
-machine: Streaming's shared-memory names must not collide (``FileExistsError: /NNNNNN_locals``)."""
+"""Streaming's shared-memory names: two unrelated processes that prepare data and build ``dynamic_text`` datasets
+at the same moments on one machine must not collide (``FileExistsError: /NNNNNN_locals``), and a process that holds
+many names must not open a descriptor per name for each dataset it builds."""
 
 from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import traceback
 from pathlib import Path
 
+import pytest
 import streaming.base.dataset
 
+from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset
 from llmshearing.data.shared_memory import serialize_shm_prefix_registration
+from tests.data.test_dynamic_dataset import write_domains
 
 DOMAINS = ('alpha', 'beta')
 ROUNDS = 12
@@ -67,3 +72,33 @@ def test_the_registration_lock_is_installed_once():
     serialize_shm_prefix_registration()
     assert streaming.base.dataset.get_shm_prefix is locked and locked.serialized
     assert locked.__wrapped__.__module__ == 'streaming.base.shared.prefix'
+
+
+def shared_memory_descriptors() -> dict[str, str]:
+    """This process's open descriptors of ``/dev/shm`` blocks: descriptor number → block name."""
+    descriptors = {}
+    for number in os.listdir('/proc/self/fd'):
+        try:
+            target = os.readlink(f'/proc/self/fd/{number}')
+        except FileNotFoundError:  # the listing's own descriptor, closed since
+            continue
+        if target.startswith('/dev/shm/'):
+            descriptors[number] = target.removeprefix('/dev/shm/')
+    return descriptors
+
+
+@pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='reads open descriptors from /proc/self/fd (Linux)')
+def test_a_dataset_built_while_many_names_are_taken_opens_descriptors_of_its_own_names_only(tmp_path):
+    data = tmp_path / 'data'
+    write_domains(data / 'train')
+    settings = dict(local=str(data), domains=['a', 'b', 'c'], batch_size=4)
+    held = [DomainStreamingDataset(**settings, split='train') for _ in range(12)]
+    try:
+        before = shared_memory_descriptors()
+        with DynamicStreamingDataset(**settings, proportions=[0.5, 0.3, 0.2]) as dataset:
+            opened = set(shared_memory_descriptors().items()) - set(before.items())
+            own_prefix = f'{dataset._shm_prefix_int:06}_'
+            assert opened and {name for _, name in opened if not name.startswith(own_prefix)} == set()
+    finally:
+        for dataset in held:
+            dataset.close()

@@ -73,6 +73,7 @@ HARNESS = 'llmshearing/evaluation/harness.py'
 
 L0_TESTS = _tests('tests/pruning/test_l0_module.py') + _tests(
     'tests/pruning/test_shearing_algorithm.py', 'test_loss_is_split_into_language_model_and_lagrangian',
+    'test_the_lagrangian_drives_every_row_to_its_target_over_a_run',
 ) + _tests('tests/pruning/test_eval_shape_and_sparsity_runs.py')
 EXPECTED_PARAMS_TESTS = _tests('tests/pruning/test_expected_params.py')
 EQUIVALENCE_TESTS = _tests('tests/pruning/test_pruning_equivalence.py')

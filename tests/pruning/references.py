@@ -1,6 +1,6 @@
 """References for the pruning tests that do not use the code under test: log-alphas for chosen keep probabilities
-(the hard-concrete closed form), a source model with masks multiplied into its weights (plain HF modules), and the
-indices a mask keeps."""
+(the hard-concrete closed form), a source model with masks multiplied into its weights (plain HF modules), the
+indices a mask keeps, and a configuration's parameter count as transformers builds it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import copy
 import math
 
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 
 from llmshearing.pruning.l0_module import StructureMasks
@@ -62,3 +62,11 @@ def scaled_source(source: PreTrainedModel, masks: StructureMasks, scale_embeddin
         reference = type(source)(config)
     reference.load_state_dict(state, strict=True, assign=True)
     return reference.eval()
+
+
+def hf_non_embedding_params(config) -> int:
+    """Exact count of a model built from ``config`` on the meta device, without embeddings and LM head."""
+    with torch.device('meta'):
+        model = AutoModelForCausalLM.from_config(config)
+    embedding_ids = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)

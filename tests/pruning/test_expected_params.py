@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
+from transformers import AutoConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from llmshearing.pruning import L0Module, ModelShape
+from tests.pruning.references import hf_non_embedding_params
 from tests.tiny_models import tiny_gqa_llama, tiny_llama, tiny_qwen2
 
 LLAMA2_7B = LlamaConfig(
@@ -73,14 +74,6 @@ CASES = {
         ),
     ),
 }
-
-
-def hf_non_embedding_params(config) -> int:
-    """Exact count of a model built from ``config`` on the meta device, without embeddings and LM head."""
-    with torch.device('meta'):
-        model = AutoModelForCausalLM.from_config(config)
-    embedding_ids = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
-    return sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
 
 
 def target_config(config, target: dict[str, int]):

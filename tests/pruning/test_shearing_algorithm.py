@@ -7,11 +7,13 @@ import torch
 from composer import Trainer
 from composer.core import Event
 from composer.models import HuggingFaceModel
+from composer.optim import DecoupledAdamW
 from torch.utils.data import DataLoader
+from transformers import LlamaConfig
 
 from llmshearing.pruning import Shearing, apply_shearing
 from llmshearing.pruning.hard_concrete import LOG_ALPHA_MAX
-from tests.pruning.references import log_alpha_keeping
+from tests.pruning.references import hf_non_embedding_params, log_alpha_keeping
 from tests.tiny_models import VOCAB_SIZE, tiny_gqa_llama, tiny_llama
 
 TARGET = {'hidden_size': 24, 'num_attention_heads': 4, 'intermediate_size': 32}
@@ -24,13 +26,16 @@ def _batches(num_samples: int) -> DataLoader:
     return DataLoader(samples, batch_size=4)
 
 
-def _trainer(algorithm: Shearing, microbatch_size: int, lr: float = 0.0, num_batches: int = 1, **kwargs) -> Trainer:
+def _trainer(
+    algorithm: Shearing, microbatch_size: int, lr: float = 0.0, num_batches: int = 1,
+    optimizer: type[torch.optim.Optimizer] = torch.optim.SGD, **kwargs,
+) -> Trainer:
     torch.manual_seed(0)
     model = HuggingFaceModel(tiny_gqa_llama(), use_logits=True)
     return Trainer(
         model=model,
         train_dataloader=_batches(4 * num_batches),
-        optimizers=torch.optim.SGD(model.parameters(), lr=lr),
+        optimizers=optimizer(model.parameters(), lr=lr),
         max_duration=f'{num_batches}ba',
         algorithms=[algorithm],
         device_train_microbatch_size=microbatch_size,
@@ -57,6 +62,24 @@ def test_lagrangian_counts_once_per_batch_under_gradient_accumulation(microbatch
         lambda_1, lambda_2 = l0_module.lambdas[name].tolist()
         assert lambda_1 == pytest.approx(0.5 * gaps[name].mean().item(), rel=1e-5)
         assert lambda_2 == pytest.approx(0.5 * (gaps[name] ** 2).mean().item(), rel=1e-5)
+
+
+def test_the_lagrangian_drives_every_row_to_its_target_over_a_run():
+    """From the original code's start (every structure kept), under the recipes' optimizer (AdamW; masks and
+    multipliers at lag_lr 1.0) with a 50-batch warm-up, every row ends near its target: 8 of the 32 hidden channels,
+    half the query heads of each key/value group and half of each layer's MLP channels dropped; the expected size
+    near the parameter count of the target model as transformers builds it."""
+    algorithm = Shearing(TARGET, MODULES, lagrangian_warmup='50ba')
+    trainer = _trainer(algorithm, 4, lr=1e-3, num_batches=150, optimizer=DecoupledAdamW)
+    l0_module = algorithm.l0_module
+    assert all(sparsity.max().item() < 0.01 for sparsity in l0_module.expected_sparsities().values())
+    trainer.fit()
+    expected = {name: sparsity.detach() for name, sparsity in l0_module.expected_sparsities().items()}
+    for name, target in {'hidden': 8 / 32, 'head': 4 / 8, 'intermediate': 32 / 64}.items():
+        torch.testing.assert_close(expected[name], torch.full_like(expected[name], target), rtol=0, atol=0.03)
+    target_config = LlamaConfig(**(tiny_gqa_llama().config.to_dict() | TARGET))
+    target_params = hf_non_embedding_params(target_config)
+    assert l0_module.expected_num_params().item() == pytest.approx(target_params, rel=0.03)
 
 
 def test_masks_join_the_optimizer_and_the_checkpointed_model():

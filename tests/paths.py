@@ -1,5 +1,5 @@
-"""Where the tests find the repository and the read-only data beside it (``../shared``, optional), and the mark of
-the opt-in experiment runs."""
+"""Where the tests find the repository and the read-only data beside it (``../shared``, optional), the paths of this
+machine behind an experiment report's portable ones, and the mark of the opt-in experiment runs."""
 
 from __future__ import annotations
 
@@ -19,3 +19,10 @@ def experiment_test(duration: str) -> pytest.MarkDecorator:
         os.environ.get('LLMSHEARING_EXPERIMENT_TESTS') != '1',
         reason=f'{duration}: set LLMSHEARING_EXPERIMENT_TESTS=1 to run it',
     )
+
+
+def machine_path(portable: str) -> Path:
+    """The folder a report names as ``portable`` (relative to the checkout, ``../`` beside it, or under ``$HOME``)."""
+    if portable.startswith('$HOME/'):
+        return Path.home() / portable.removeprefix('$HOME/')
+    return Path(os.path.normpath(REPO / portable))

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_utils import no_init_weights
 
 from llmshearing.pruning.l0_module import StructureMasks
@@ -70,3 +71,11 @@ def hf_non_embedding_params(config) -> int:
         model = AutoModelForCausalLM.from_config(config)
     embedding_ids = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
     return sum(p.numel() for p in model.parameters() if id(p) not in embedding_ids)
+
+
+def hf_num_params(folder: Path) -> int:
+    """Exact parameter count of the model saved in ``folder`` (tied embeddings once), built from its config on the
+    meta device."""
+    with torch.device('meta'):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())

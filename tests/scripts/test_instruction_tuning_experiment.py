@@ -11,7 +11,8 @@ import pytest
 
 from scripts.experiments import instruction_tuning as experiment
 from scripts.experiments import real_model
-from tests.paths import SHARED, experiment_test
+from tests.paths import SHARED, experiment_test, machine_path
+from tests.pruning.references import hf_num_params
 from tests.scripts.test_real_model_experiment import NUMBER, numbers
 
 
@@ -106,7 +107,7 @@ def test_metrics_show_the_standard_error_where_lm_eval_gives_one():
 @experiment_test(
     'a few minutes on 2 quiet cores (SmolLM2 pruned, tuned for 4 steps, 3 models on 3 IFEval prompts, two comparisons)'
 )
-def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
+def test_quick_experiment_runs_every_stage_and_reports_what_its_stages_measured(tmp_path, smollm2: Path):
     output_dir = tmp_path / 'run'
     experiment.main(['--quick', '--output', str(output_dir)])
 
@@ -122,6 +123,23 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
     assert results['ifeval_settings']['prompts'] == 3 and results['data']['train'] == 8
     for comparison in results['comparisons'].values():
         assert comparison[0]['pairs'] == 3 and 0 <= comparison[0]['position_consistency'] <= 1
+    # Each model's numbers are those its folder and the evaluate command's output give; each comparison's those of
+    # its compare result, whose win rate counts a tie as half a win.
+    evaluated = json.loads((output_dir / 'ifeval' / 'ifeval.json').read_text())['models']
+    models = results['models']
+    for name, model in [('source', models['source']), ('untuned', models['untuned'])] + [
+        ('tuned', tuned) for tuned in models['tuned']
+    ]:
+        folder = machine_path(model['folder'])
+        assert model['parameters'] == hf_num_params(folder), name
+        scored = evaluated[str(folder)]['tasks']['ifeval']
+        assert model['ifeval'] == {metric: scored[metric] for metric in model['ifeval']}, name
+    for name, comparison in results['comparisons'].items():
+        compared = json.loads((output_dir / 'compare' / f'{name}_seed_1.json').read_text())
+        assert {key: comparison[0][key] for key in ('win_rate', 'wins', 'ties', 'losses')} == {
+            key: compared[key] for key in ('win_rate', 'wins', 'ties', 'losses')
+        }, name
+        assert comparison[0]['win_rate'] == (compared['wins'] + compared['ties'] / 2) / comparison[0]['pairs'], name
     responses = json.loads((output_dir / 'responses' / 'tuned_seed_1.json').read_text())
     assert len(responses) == 3 and {row['dataset'] for row in responses} == {'ifeval'}
 

@@ -1,5 +1,5 @@
 """The real-model experiment (``scripts.experiments.real_model``) with ``--quick`` and one seed runs every stage on
-SmolLM2-135M and the shared RedPajama sample and tasks, and reports only finite numbers."""
+SmolLM2-135M and the shared RedPajama sample and tasks, and reports what its stages measured."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ import pytest
 
 from scripts.experiments import real_model as experiment
 from scripts.experiments.common import StageLedger, TrainingRun
-from tests.paths import SHARED, experiment_test
+from tests.paths import SHARED, experiment_test, machine_path
+from tests.pruning.references import hf_num_params
 
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
 
@@ -131,7 +132,7 @@ def test_a_failing_stage_names_itself_and_its_command(tmp_path):
     reason='needs ../shared/data/redpajama-sample and ../shared/data/eval-tasks',
 )
 @experiment_test('about 8 minutes on 2 quiet cores (SmolLM2 through 15 steps, two targets)')
-def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, smollm2: Path):
+def test_quick_experiment_runs_every_stage_and_reports_what_its_stages_measured(tmp_path, smollm2: Path):
     output_dir = tmp_path / 'run'
     experiment.main(['--quick', '--seeds', '1', '--output', str(output_dir)])
 
@@ -173,6 +174,18 @@ def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path, 
             assert tokens[0] == 0, (name, label)
             assert tokens[-1] == quick.small_model_batches * quick.tokens_per_batch, (name, label)
         assert set(target['domain_weights']) == set(experiment.DOMAINS), name
+    # Each model's numbers are those its folder and the evaluate command's output give.
+    evaluated = json.loads((output_dir / 'downstream' / 'tasks.json').read_text())['models']
+    for name, target in results['targets'].items():
+        for model, runs in target['models'].items():
+            run, folder = runs[0], machine_path(runs[0]['model'])
+            assert run['parameters'] == hf_num_params(folder), (name, model)
+            assert run['tasks'] == evaluated[str(folder)]['tasks'], (name, model)
+            tokens = run['tokens']
+            assert run['mean_loss'] == pytest.approx(
+                sum(run['losses'][domain] * tokens[domain] for domain in tokens) / sum(tokens.values()), rel=1e-12,
+            ), (name, model)
+        assert target['parameters'] == target['models']['sheared'][0]['parameters'], name
     fractions = {name: target['parameters'] / results['source_parameters']
                  for name, target in results['targets'].items()}
     assert 0.35 < fractions['narrow'] < 0.4 and 0.6 < fractions['moderate'] < 0.65

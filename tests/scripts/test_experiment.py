@@ -1,5 +1,5 @@
 """The shearing-vs-scratch experiment (``scripts.experiments.shearing_vs_scratch``), in a setting smaller than
-``--quick`` and with one seed, runs every stage on the shared RedPajama sample and reports only finite numbers."""
+``--quick`` and with one seed, runs every stage on the shared RedPajama sample and reports what its stages measured."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ pytestmark = [
 
 
 @experiment_test('about 95 s on 2 cores (every stage, two seeds)')
-def test_quick_experiment_runs_every_stage_and_reports_finite_numbers(tmp_path):
+def test_quick_experiment_runs_every_stage_and_reports_what_its_stages_measured(tmp_path):
     smallest = dataclasses.replace(
         experiment.QUICK, seq_len=32, eval_samples=4, max_docs_per_domain=10, source_batches=8, source_evaluations=2,
         pruning_batches=4, continued_batches=4, evaluations_per_stage=1,

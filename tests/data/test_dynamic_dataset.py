@@ -9,10 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
 import os
 import re
-import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from streaming import MDSWriter
 from torch.utils.data import DataLoader
 
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
+from tests.two_ranks import WORLD_SIZE, join_group
 
 DOMAINS = ('a', 'b', 'c')
 SIZES = (400, 300, 60)
@@ -166,31 +165,19 @@ def test_each_pass_over_a_domain_reads_every_sample_once_and_a_new_pass_is_reshu
     assert "Domain 'c' ran out after 60 samples: pass 3 over it begins, reshuffled" in messages
 
 
-def read_as_rank(rank: int, port: int, data: Path, output: Path) -> None:
+def read_as_rank(rank: int, data: Path, output: Path) -> None:
     """Read 60 batches of 4 as rank ``rank`` of 2 (Streaming finds its rank in the environment)."""
-    os.environ.update({
-        'RANK': str(rank), 'LOCAL_RANK': str(rank), 'WORLD_SIZE': '2', 'LOCAL_WORLD_SIZE': '2',
-        'MASTER_ADDR': '127.0.0.1', 'MASTER_PORT': str(port),
-    })
-    dataset = dynamic_dataset(data, batch_size=4)
-    output.write_text(json.dumps(read_with_change(loader(dataset), dataset, {30: NEW}, 60)))
+    join_group(rank, output / 'rendezvous')
+    try:
+        dataset = dynamic_dataset(data, batch_size=4)
+        codes = read_with_change(loader(dataset), dataset, {30: NEW}, 60)
+        (output / f'rank{rank}.json').write_text(json.dumps(codes))
+    finally:
+        torch.distributed.destroy_process_group()
 
 
 def test_two_ranks_read_disjoint_halves_of_the_one_rank_sequence(data, tmp_path):
-    with socket.socket() as probe:
-        probe.bind(('127.0.0.1', 0))
-        port = probe.getsockname()[1]
-    ranks = [
-        multiprocessing.get_context('spawn').Process(
-            target=read_as_rank, args=(rank, port, data, tmp_path / f'rank{rank}.json')
-        )
-        for rank in range(2)
-    ]
-    for process in ranks:
-        process.start()
-    for process in ranks:
-        process.join(timeout=120)
-        assert process.exitcode == 0
+    torch.multiprocessing.spawn(read_as_rank, args=(data, tmp_path), nprocs=WORLD_SIZE, join=True)
     rank_codes = [json.loads((tmp_path / f'rank{rank}.json').read_text()) for rank in range(2)]
 
     dataset = dynamic_dataset(data, batch_size=8)

@@ -4,8 +4,6 @@ FSDP2 each rank holds half of every weight and both give the logits of the whole
 
 from __future__ import annotations
 
-import datetime
-import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,23 +21,14 @@ from torch.distributed.tensor import Shard
 
 from llmshearing.distillation.algorithm import build_teacher, load_teacher
 from llmshearing.toy import save_toy_model
+from tests.two_ranks import WORLD_SIZE, join_group
 
-WORLD_SIZE = 2
 INPUT_IDS = torch.arange(3, 35).view(2, 16)
-
-
-def _join_group(rank: int, output: Path) -> None:
-    """Join the two-rank gloo group; a rank that waits a minute for the other fails instead of hanging."""
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD_SIZE), LOCAL_WORLD_SIZE='2')
-    torch.distributed.init_process_group(
-        'gloo', init_method=f'file://{output / "rendezvous"}', rank=rank, world_size=WORLD_SIZE,
-        timeout=datetime.timedelta(seconds=60),
-    )
 
 
 def _build_on_rank(rank: int, folders: list[Path], dtype: torch.dtype, output: Path) -> None:
     """One rank: join the gloo group, build the teacher from this rank's folder and save what it holds."""
-    _join_group(rank, output)
+    join_group(rank, output / 'rendezvous')
     try:
         teacher = build_teacher(folders[rank], dtype, SimpleNamespace(fsdp_config=None, device=DeviceCPU()))
         tied = teacher.lm_head.weight is teacher.model.embed_tokens.weight
@@ -52,7 +41,7 @@ def _build_on_rank(rank: int, folders: list[Path], dtype: torch.dtype, output: P
 def _shard_on_rank(rank: int, folders: list[Path], output: Path) -> None:
     """One rank of an FSDP2 run: build the teacher, save which modules FSDP wraps, this rank's part of every
     weight and the logits of ``INPUT_IDS``."""
-    _join_group(rank, output)
+    join_group(rank, output / 'rendezvous')
     try:
         state = SimpleNamespace(fsdp_config=FSDP2Config(), precision=Precision.FP32, device=DeviceCPU())
         teacher = build_teacher(folders[rank], torch.float32, state)

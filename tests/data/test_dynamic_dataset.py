@@ -22,6 +22,7 @@ from streaming import MDSWriter
 from torch.utils.data import DataLoader
 
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset, ProportionChange
+from tests.streaming_memory import open_descriptors
 from tests.two_ranks import WORLD_SIZE, join_group
 
 DOMAINS = ('a', 'b', 'c')
@@ -408,27 +409,17 @@ def test_dynamic_text_builds_train_and_eval_loaders_from_yaml_settings(data):
     assert sorted(codes(eval_batches)) == sorted(code(domain, index) for domain in range(3) for index in range(5))
 
 
-def _open_descriptors() -> set[str]:
-    """What this process's file descriptors point to (the one that listed them is gone by then)."""
-    targets = set()
-    for descriptor in os.listdir('/proc/self/fd'):
-        try:
-            targets.add(os.readlink(f'/proc/self/fd/{descriptor}'))
-        except FileNotFoundError:
-            pass
-    return targets
-
-
 @pytest.mark.parametrize('dataset_class', [DynamicStreamingDataset, DomainStreamingDataset])
 def test_closing_a_dataset_releases_its_shared_memory(data, dataset_class):
-    descriptors_before = _open_descriptors()
+    descriptors_before = set(open_descriptors().values())
     dynamic = dataset_class is DynamicStreamingDataset
     own = {'proportions': list(OLD), 'shuffle_seed': 17} if dynamic else {'split': 'train'}
     settings = {'domains': list(DOMAINS), 'batch_size': BATCH} | own
     with dataset_class(local=str(data), **settings) as dataset:
         next(iter(loader(dataset)))
-        blocks = {target for target in _open_descriptors() - descriptors_before if target.startswith('/dev/shm/')}
+        opened = set(open_descriptors().values()) - descriptors_before
+        blocks = {target for target in opened if target.startswith('/dev/shm/')}
         assert len(blocks) >= 5, 'Streaming holds shared memory while the dataset is open'
         assert all(os.path.exists(block) for block in blocks)
-    assert not blocks & _open_descriptors(), 'the descriptors of the blocks are closed'
+    assert not blocks & set(open_descriptors().values()), 'the descriptors of the blocks are closed'
     assert not [block for block in blocks if os.path.exists(block)], 'the blocks this process created are unlinked'

@@ -16,6 +16,7 @@ import streaming.base.dataset
 from llmshearing.data import DomainStreamingDataset, DynamicStreamingDataset
 from llmshearing.data.shared_memory import serialize_shm_prefix_registration
 from tests.data.test_dynamic_dataset import write_domains
+from tests.streaming_memory import open_descriptors
 
 DOMAINS = ('alpha', 'beta')
 ROUNDS = 12
@@ -74,17 +75,12 @@ def test_the_registration_lock_is_installed_once():
     assert locked.__wrapped__.__module__ == 'streaming.base.shared.prefix'
 
 
-def shared_memory_descriptors() -> dict[str, str]:
-    """This process's open descriptors of ``/dev/shm`` blocks: descriptor number → block name."""
-    descriptors = {}
-    for number in os.listdir('/proc/self/fd'):
-        try:
-            target = os.readlink(f'/proc/self/fd/{number}')
-        except FileNotFoundError:  # the listing's own descriptor, closed since
-            continue
-        if target.startswith('/dev/shm/'):
-            descriptors[number] = target.removeprefix('/dev/shm/')
-    return descriptors
+def shared_memory_descriptors() -> set[tuple[str, str]]:
+    """This process's open descriptors of ``/dev/shm`` blocks, as (number, block name)."""
+    return {
+        (number, target.removeprefix('/dev/shm/'))
+        for number, target in open_descriptors().items() if target.startswith('/dev/shm/')
+    }
 
 
 @pytest.mark.skipif(not os.path.isdir('/proc/self/fd'), reason='reads open descriptors from /proc/self/fd (Linux)')
@@ -96,7 +92,7 @@ def test_a_dataset_built_while_many_names_are_taken_opens_descriptors_of_its_own
     try:
         before = shared_memory_descriptors()
         with DynamicStreamingDataset(**settings, proportions=[0.5, 0.3, 0.2]) as dataset:
-            opened = set(shared_memory_descriptors().items()) - set(before.items())
+            opened = shared_memory_descriptors() - before
             own_prefix = f'{dataset._shm_prefix_int:06}_'
             assert opened and {name for _, name in opened if not name.startswith(own_prefix)} == set()
     finally:

@@ -79,6 +79,7 @@ from scripts.experiments.common import (
     mean_loss,
     natural_mix,
     plot_loss_against_tokens,
+    portable_paths,
     prepare_domains,
     print_report,
     pruning_run,
@@ -622,7 +623,9 @@ def include_run(path: Path, results: dict[str, Any]) -> dict[str, Any]:
     or starts, a seed of a target this run also ran, or nothing this run lacks."""
     earlier = json.loads(path.read_text())
     compared = ('settings', 'task_settings', 'shearing_init', 'precision', 'doremi_max_step', 'eval_dtype')
-    differing = [key for key in compared if earlier.get(key) != results[key]]
+    # The earlier run's paths were written portable (``portable_paths``); this run's are still this machine's.
+    current = {key: json.loads(portable_paths(json.dumps(results[key]))) for key in compared}
+    differing = [key for key in compared if earlier.get(key) != current[key]]
     if differing:
         raise ValueError(f'--include: {path} ran other {", ".join(differing)}; include a run with these arguments')
     for name, target in earlier['targets'].items():

@@ -16,7 +16,7 @@ import pytest
 
 from scripts.experiments import real_model as experiment
 from scripts.experiments.common import StageLedger, TrainingRun
-from tests.paths import SHARED, experiment_test, machine_path
+from tests.paths import REPO, SHARED, experiment_test, machine_path
 from tests.pruning.references import hf_num_params
 
 NUMBER = re.compile(r'(?<![\w.])[-+]?(?:\d+\.\d+|nan|inf)(?![\w.])', re.IGNORECASE)
@@ -249,6 +249,13 @@ def test_include_adds_an_earlier_runs_targets_and_seeds_and_refuses_other_settin
         'composer train.py b/moderate', 'composer train.py a/narrow', 'composer train.py a/moderate',
     ]
     assert included['included'] == [{'path': str(earlier), 'commit': 'a', 'command': 'run at a'}]
+    # The earlier report wrote its paths portable; this run's task folder is still a path of this machine.
+    portable = results_of({'moderate': [1]}, 'c') | {'task_settings': {'limit': 100, 'task_dir': '../shared/tasks'}}
+    earlier.write_text(json.dumps(portable))
+    here_tasks = {'limit': 100, 'task_dir': str(REPO.parent / 'shared' / 'tasks')}
+    here = results_of({'moderate': [2]}, 'd') | {'task_settings': here_tasks}
+    assert experiment.include_run(earlier, here)['targets']['moderate']['seeds'] == [2, 1]
+    earlier.write_text(json.dumps(results_of({'narrow': [1, 2], 'moderate': [2]}, 'a')))
     with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} ran other precision; include a run')):
         experiment.include_run(earlier, results_of({'moderate': [1]}, 'b', precision='fp32'))
     with pytest.raises(ValueError, match=re.escape(f'--include: {earlier} also ran target moderate with seeds [2]')):
